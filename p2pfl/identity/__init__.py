@@ -1,0 +1,18 @@
+"""Identity layer: Ed25519 identity keys, peer ids, key files, signed envelopes."""
+
+from p2pfl.wire import PeerId
+
+from ._envelope import Signed, open_signed, seal
+from ._keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, atomic_write, verify_signature
+
+__all__ = [
+    "PUBLIC_KEY_BYTES",
+    "SIGNATURE_BYTES",
+    "Identity",
+    "PeerId",
+    "Signed",
+    "atomic_write",
+    "open_signed",
+    "seal",
+    "verify_signature",
+]
