@@ -40,7 +40,7 @@ import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform
 
 import cbor2
 import numpy as np
@@ -108,6 +108,7 @@ _registry: dict[int, type[Any]] = {}
 _tags: dict[type[Any], int] = {}
 
 
+@dataclass_transform(frozen_default=True)
 def message(tag: int) -> Callable[[type[T]], type[T]]:
     """Class decorator: make ``cls`` a frozen, slotted dataclass registered as ``tag``.
 
@@ -230,9 +231,9 @@ def _compile(tp: Any) -> tuple[_Enc, _Dec]:
     if base is np.ndarray:
         return _compile_array(aspec)
     if origin is tuple:
-        args = typing.get_args(base)
-        if len(args) == 2 and args[1] is Ellipsis:
-            ienc, idec = _compile(args[0])
+        targs: tuple[Any, ...] = typing.get_args(base)
+        if len(targs) == 2 and targs[1] is Ellipsis:
+            ienc, idec = _compile(targs[0])
             lim = maxlen.n if maxlen else _DEFAULT_MAX_SEQ
             exact_t = bool(maxlen and maxlen.exact)
 
@@ -243,7 +244,7 @@ def _compile(tp: Any) -> tuple[_Enc, _Dec]:
                     raise _fail(w, f"{len(v)} items, limit {lim}")
                 return tuple(idec(x, f"{w}[{i}]") for i, x in enumerate(v))
             return (lambda v: [ienc(x) for x in v]), dec_seq
-        parts = [_compile(a) for a in args]
+        parts = [_compile(a) for a in targs]
 
         def dec_fixed(v: Any, w: str) -> tuple[Any, ...]:
             if type(v) is not list or len(v) != len(parts):
