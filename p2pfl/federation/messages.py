@@ -1,0 +1,209 @@
+"""Wire messages of the federation layer (tags 0x0500–0x05FF).
+
+=========  =====================  =========  ==========================================
+tag        message                delivery   purpose
+=========  =====================  =========  ==========================================
+0x0501     GroupPayload           direct     carries a group-aggregation backend payload
+0x0502     ResultBody             (nested)   what a group result asserts; signed
+0x0503     SignRequest            direct     aggregator → members: "sign this result"
+0x0504     SignatureReply         direct     member → aggregator: endorsement of a body
+0x0505     SignedGroupResult      broadcast  body + endorsements (aggregator + members)
+0x0506     AbortBody              (nested)   "group g of round r produced nothing"
+0x0507     SignedGroupAbort       broadcast  abort body + the aggregator's endorsement
+0x0508     StateRequest           direct     late joiner → neighbour: state of round r
+0x0509     StateResponse          direct     neighbour → late joiner: the snapshot
+0x0520     PlainContribution      payload    (plaintext backend) a member's input
+0x0530/31  Strategy/StateSnapshot (nested)   global state (also in checkpoints)
+0x0540     CheckpointFile         disk       a checkpoint
+=========  =====================  =========  ==========================================
+
+Every message names the federation id and the round, so a driver can route or drop
+it before any protocol code runs (:func:`message_round`).  Endorsements are Ed25519
+signatures by a peer's identity key over the 32-byte BLAKE2b digest of the body's
+canonical encoding, under the domains :data:`RESULT_DOMAIN` / :data:`ABORT_DOMAIN`,
+and carry the signer's public key (a peer id is only a hash of it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Annotated, Final
+
+import numpy as np
+
+from p2pfl.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_signature
+from p2pfl.wire import ArraySpec, MaxLen, PeerId, Range, encode, message
+
+from .state import StateSnapshot
+
+__all__ = [
+    "ABORT_DOMAIN",
+    "RESULT_DOMAIN",
+    "AbortBody",
+    "Endorsement",
+    "GroupPayload",
+    "ResultBody",
+    "SignRequest",
+    "SignatureReply",
+    "SignedGroupAbort",
+    "SignedGroupResult",
+    "StateRequest",
+    "StateResponse",
+    "digest_of",
+    "endorse",
+    "message_round",
+]
+
+RESULT_DOMAIN: Final = b"p2pfl/group-result/1"
+ABORT_DOMAIN: Final = b"p2pfl/group-abort/1"
+MAX_GROUP: Final = 1 << 14
+
+B32 = Annotated[bytes, MaxLen(32, exact=True)]
+Round = Annotated[int, Range(0, 2**62)]
+GroupIx = Annotated[int, Range(0, 1 << 16)]
+Peers = Annotated[tuple[PeerId, ...], MaxLen(MAX_GROUP)]
+
+
+@dataclass(frozen=True, slots=True)
+class Endorsement:
+    """An identity key's signature over a body digest."""
+
+    public_key: Annotated[bytes, MaxLen(PUBLIC_KEY_BYTES, exact=True)]
+    signature: Annotated[bytes, MaxLen(SIGNATURE_BYTES, exact=True)]
+
+    @property
+    def signer(self) -> PeerId:
+        return PeerId.from_public_key(self.public_key)
+
+    def valid(self, domain: bytes, digest: bytes) -> bool:
+        return verify_signature(self.public_key, domain, digest, self.signature)
+
+
+def endorse(identity: Identity, domain: bytes, digest: bytes) -> Endorsement:
+    """Sign ``digest`` for ``domain`` with ``identity``."""
+    return Endorsement(identity.public_key, identity.sign(domain, digest))
+
+
+def digest_of(body: object) -> bytes:
+    """BLAKE2b-256 of a message's canonical encoding (what endorsements sign)."""
+    return hashlib.blake2b(encode(body), digest_size=32).digest()
+
+
+@message(0x0501)
+class GroupPayload:
+    """A group-aggregation backend's opaque payload for round ``round``, group ``group``."""
+
+    federation: B32
+    round: Round
+    group: GroupIx
+    payload: bytes
+
+
+@message(0x0502)
+class ResultBody:
+    """What a group result asserts.
+
+    ``schedule`` and ``base_state`` are the digests of the round schedule and of the
+    global state the round started from; ``included`` (sorted) are the members whose
+    updates are in ``update_sum`` (float64, Σ w_u x_u); ``dropped`` (sorted) gave no
+    input; ``excluded`` were left out by policy, with reasons.
+    """
+
+    federation: B32
+    round: Round
+    group: GroupIx
+    schedule: B32
+    base_state: B32
+    included: Peers
+    dropped: Peers
+    excluded: Annotated[tuple[tuple[PeerId, Annotated[str, MaxLen(256)]], ...], MaxLen(MAX_GROUP)]
+    update_sum: Annotated[np.ndarray, ArraySpec(dtypes=("f8",), ndim=1)]
+    total_weight: Annotated[float, Range(0.0, float(MAX_GROUP))]
+    total_samples: Annotated[int, Range(0, 2**62)]
+
+
+@message(0x0503)
+class SignRequest:
+    """An aggregator asks a group member to endorse ``body`` (it has endorsed it)."""
+
+    body: ResultBody
+    endorsement: Endorsement
+
+
+@message(0x0504)
+class SignatureReply:
+    """A member's endorsement of the body with digest ``digest``."""
+
+    federation: B32
+    round: Round
+    group: GroupIx
+    digest: B32
+    endorsement: Endorsement
+
+
+@message(0x0505)
+class SignedGroupResult:
+    """A group result as broadcast: the body and its endorsements (distinct signers)."""
+
+    body: ResultBody
+    endorsements: Annotated[tuple[Endorsement, ...], MaxLen(MAX_GROUP)]
+
+    @property
+    def round(self) -> int:
+        return self.body.round
+
+
+@message(0x0506)
+class AbortBody:
+    """Group ``group`` of round ``round`` produced no sum, and why."""
+
+    federation: B32
+    round: Round
+    group: GroupIx
+    schedule: B32
+    base_state: B32
+    reason: Annotated[str, MaxLen(256)]
+
+
+@message(0x0507)
+class SignedGroupAbort:
+    """An aggregator's signed abort announcement (broadcast)."""
+
+    body: AbortBody
+    endorsement: Endorsement
+
+    @property
+    def round(self) -> int:
+        return self.body.round
+
+
+@message(0x0508)
+class StateRequest:
+    """Ask a neighbour for the global state that round ``round`` started from."""
+
+    federation: B32
+    round: Round
+    nonce: Annotated[bytes, MaxLen(32)]
+
+
+@message(0x0509)
+class StateResponse:
+    """The requested state (``None`` when the neighbour does not hold it) and the
+    group results and aborts of that round the neighbour has accepted so far, so
+    the joiner can finish the round even if it missed their broadcasts."""
+
+    federation: B32
+    nonce: Annotated[bytes, MaxLen(32)]
+    snapshot: StateSnapshot | None
+    results: Annotated[tuple[SignedGroupResult, ...], MaxLen(MAX_GROUP)] = ()
+    aborts: Annotated[tuple[SignedGroupAbort, ...], MaxLen(MAX_GROUP)] = ()
+
+
+def message_round(msg: object) -> int | None:
+    """The round a federation message belongs to (None for state sync / unknown)."""
+    if isinstance(msg, GroupPayload | SignatureReply):
+        return msg.round
+    if isinstance(msg, SignRequest | SignedGroupResult | SignedGroupAbort):
+        return msg.body.round
+    return None
