@@ -30,7 +30,7 @@ async def _demo(message: str) -> list[str]:
             address = await nursery.start(a.serve, on_link)
             lines.append(f"A listening on {address}")
             b = TcpTransport(bob, DEMO_NETWORK)
-            link = await b.connect(f"{address}#{alice.peer_id}")
+            link = await b.connect(address)  # "tcp:HOST:PORT#PEERID": pins A's identity
             async with link:
                 assert link.remote_peer == alice.peer_id
                 await link.send(message.encode())

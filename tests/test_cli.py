@@ -39,3 +39,14 @@ def test_keygen_writes_a_private_key_and_prints_its_peer_id(tmp_path: Path) -> N
 
 def test_config_errors_are_one_line_with_status_2(tmp_path: Path, capsys: object) -> None:
     assert main(["peer-id", str(tmp_path / "missing")]) == 2
+
+
+def test_demo_exchanges_authenticated_messages_over_tcp() -> None:
+    r = _p2pfl("demo", "--message", "ping")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    a_id = lines[0].split(": ")[1]
+    b_id = lines[1].split(": ")[1]
+    assert a_id != b_id
+    assert any(line.startswith(f"A received from {b_id[:8]}: ping") for line in lines)
+    assert any(line.startswith(f"B received from {a_id[:8]}: ping (reply from A)") for line in lines)

@@ -29,3 +29,28 @@ __all__ = [
     "StandardRouter",
     "Transport",
 ]
+from ._framing import (
+    DEFAULT_MAX_FRAME,
+    CipherSuite,
+    FrameDecoder,
+    FrameEncoder,
+    default_suites,
+)
+from ._handshake import FailureReason, Handshake, HandshakeComplete, HandshakeError, Role
+from .tcp import TcpLink, TcpTransport, TcpTransportStatistics
+
+__all__ += [
+    "DEFAULT_MAX_FRAME",
+    "CipherSuite",
+    "FailureReason",
+    "FrameDecoder",
+    "FrameEncoder",
+    "Handshake",
+    "HandshakeComplete",
+    "HandshakeError",
+    "Role",
+    "TcpLink",
+    "TcpTransport",
+    "TcpTransportStatistics",
+    "default_suites",
+]

@@ -396,8 +396,10 @@ async def _check_backpressure(pair: LinkPair, options: _Options) -> None:
             _expect(got == _payload(5, i, size), f"backpressure: message {i} wrong")
             if resumed_after is None and sent[0] > blocked_at:
                 resumed_after = i + 1
-        _expect(sent[0] == total, "backpressure: the sender did not finish")
         _expect(resumed_after is not None, "backpressure: sender never resumed")
+    # After the nursery: the sender's last send may complete only after the
+    # receiver has already taken the last message (real sockets).
+    _expect(sent[0] == total, "backpressure: the sender did not finish")
 
 
 async def _check_concurrent_send(pair: LinkPair, options: _Options) -> None:
