@@ -17,8 +17,8 @@ steps:
    the responder (:meth:`WebRtcTransport.serve`) answers with a
    :class:`SignalAnswer` or refuses with a :class:`SignalReject`.  Signaling
    messages are :class:`~p2pfl.identity.Signed` envelopes (wire tags 0x08xx)
-   over the domain ``p2pfl/webrtc-signal/1/`` + the 16-byte network tag (the
-   tag the handshake uses), and every message names its network, a random
+   over the domain ``p2pfl/webrtc-signal/1/`` + the hex 16-byte network tag
+   (the tag the handshake uses), and every message names its network, a random
    16-byte session id, the recipient and the sender's clock.  A receiver drops,
    and counts, anything that does not verify, is not addressed to it, is more
    than ``max_clock_skew`` away from its clock, or replays a seen (signer,
@@ -82,11 +82,11 @@ from typing import Annotated, Final
 import trio
 
 from p2pfl.errors import RemoteProtocolError
-from p2pfl.identity import Identity, Signed, open_signed, seal
+from p2pfl.identity import Identity, Signed, seal, verify_signature
 from p2pfl.wire import MaxLen, PeerId, decode, decode_as, encode, message
 
 from ._base import DEFAULT_MAX_MESSAGE, Link, LinkHandler, LinkStatistics, Transport
-from ._framing import DEFAULT_MAX_FRAME, FRAME_OVERHEAD, FrameDecoder, FrameEncoder
+from ._framing import DEFAULT_MAX_FRAME, FRAME_OVERHEAD, CipherSuite, FrameDecoder, FrameEncoder
 from ._handshake import FailureReason, Handshake, HandshakeComplete, HandshakeError, Role
 from ._handshake import network_tag as _network_tag
 from ._webrtc_bridge import ChannelStream, IceServer, RtcOptions
@@ -199,7 +199,9 @@ _SignalMessage = SignalOffer | SignalAnswer | SignalReject
 
 
 def _domain(tag: bytes) -> bytes:
-    return _SIGNAL_DOMAIN + tag
+    """The signature domain of signaling messages of the network tagged ``tag``
+    (hex: a signature domain may not contain NUL)."""
+    return _SIGNAL_DOMAIN + tag.hex().encode()
 
 
 def _check_sdp(sdp: str) -> None:
@@ -449,9 +451,11 @@ class WebRtcLink(Link):
         self.channel_binding = session.transcript_hash
         self.remote_address = format_webrtc_address(session.remote_peer)
         self._max_message = max_message
-        self._encoder = FrameEncoder(session.send_key, max_frame=max_frame)
-        self._decoder = FrameDecoder(session.receive_key, max_frame=max_frame,
-                                     max_message=max_message)
+        #: The frame AEAD the handshake negotiated.
+        self.cipher_suite = session.suite
+        self._encoder = FrameEncoder(session.send_key, suite=session.suite, max_frame=max_frame)
+        self._decoder = FrameDecoder(session.receive_key, suite=session.suite,
+                                     max_frame=max_frame, max_message=max_message)
         self._initial = initial_data
         self._idle_timeout = idle_timeout
         self._close_timeout = close_timeout
@@ -764,7 +768,8 @@ class WebRtcTransport(Transport):
     plus ICE, DTLS and SCTP; ``handshake_timeout`` the p2pfl handshake after
     that; ``receive_window`` is the most bytes a remote may send ahead of our
     reading and ``send_buffer`` the most we queue in aiortc; the other options
-    are those of :class:`~p2pfl.transport.tcp.TcpTransport`.  ``clock`` (UNIX
+    (``cipher_suites`` included) are those of
+    :class:`~p2pfl.transport.tcp.TcpTransport`.  ``clock`` (UNIX
     time) stamps signaling messages, which must be within ``max_clock_skew``
     seconds of the receiver's clock.
     """
@@ -787,6 +792,7 @@ class WebRtcTransport(Transport):
         receive_window: int = 4 * 1024 * 1024,
         send_buffer: int = 1024 * 1024,
         max_clock_skew: float = 300.0,
+        cipher_suites: tuple[CipherSuite, ...] | None = None,
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
@@ -815,6 +821,7 @@ class WebRtcTransport(Transport):
         self._send_buffer = send_buffer
         ChannelStream(receive_window=receive_window, send_buffer=send_buffer)  # validate
         self._max_skew = max_clock_skew
+        self._suites = cipher_suites
         self._clock = clock
         self._rng = rng
         # signaling router (see the module docstring)
@@ -882,13 +889,20 @@ class WebRtcTransport(Transport):
         await self._signaling.send(recipient, envelope)
 
     def _open_envelope(self, data: bytes) -> tuple[PeerId, _SignalMessage]:
-        """Verify and check one envelope; :class:`RemoteProtocolError` if unusable."""
+        """Verify and check one envelope; :class:`RemoteProtocolError` if unusable.
+
+        The body is decoded (strictly, size-bounded) before the signature is
+        checked, because the signature's domain names the network the body
+        claims; nothing is acted upon before the check.
+        """
         env = decode_as(data, Signed, max_size=MAX_ENVELOPE)
-        body = decode(env.body, max_size=MAX_ENVELOPE)
-        if not isinstance(body, SignalOffer | SignalAnswer | SignalReject):
-            raise RemoteProtocolError(f"not a signaling message: {type(body).__name__}")
-        signer, msg = open_signed(env, domain=_domain(body.network), expect=type(body),
-                                  max_size=MAX_ENVELOPE)
+        msg = decode(env.body, max_size=MAX_ENVELOPE)
+        if not isinstance(msg, SignalOffer | SignalAnswer | SignalReject):
+            raise RemoteProtocolError(f"not a signaling message: {type(msg).__name__}")
+        if not verify_signature(env.signer, _domain(msg.network), env.body, env.signature):
+            raise RemoteProtocolError(f"bad signature on a signaling message from "
+                                      f"{env.peer_id.short()}")
+        signer = env.peer_id
         if msg.recipient != self.local_peer:
             raise RemoteProtocolError(f"signaling message for {msg.recipient.short()}, not us")
         if signer == self.local_peer:
@@ -915,13 +929,13 @@ class WebRtcTransport(Transport):
         if isinstance(msg, SignalOffer):
             await self._on_offer(signer, msg)
             return
-        pending = self._connects.get(msg.session)
-        if (pending is None or pending.target != signer or pending.result is not None
+        found = self._connects.get(msg.session)
+        if (found is None or found.target != signer or found.result is not None
                 or msg.network != self._tag):
             self._sig_dropped += 1
             log.info("dropping an unexpected %s from %s", type(msg).__name__, signer.short())
             return
-        pending.result = msg
+        found.result = msg
 
     async def _on_offer(self, signer: PeerId, offer: SignalOffer) -> None:
         key = (signer, offer.session)
@@ -1000,10 +1014,11 @@ class WebRtcTransport(Transport):
                 del self._connects[session]
             hs = Handshake(Role.INITIATOR, self._identity, self._network_id,
                            now=trio.current_time(), timeout=self.handshake_timeout,
-                           expected_peer=target, rng=self._rng)
+                           expected_peer=target, suites=self._suites, rng=self._rng)
             done = await self._run_handshake(stream, hs)
         except HandshakeError as e:
-            self._failures[e.reason.name.lower()] += 1
+            reason = e.remote_reason if e.remote_reason is not None else e.reason
+            self._failures[reason.name.lower()] += 1
             await self._discard(stream)
             raise
         except BaseException:
@@ -1019,12 +1034,12 @@ class WebRtcTransport(Transport):
             raise ConnectionRefusedError(
                 f"{target.short()} is unreachable through signaling: {result.reason}")
         if isinstance(result, SignalReject):
-            self._failures[result.reason.name.lower()] += 1
             if result.reason is RejectReason.NETWORK:
                 raise HandshakeError(
                     f"handshake with {target} failed: the remote refused the handshake: "
                     f"network: {result.detail!r}",
                     FailureReason.REFUSED, peer=target, remote_reason=FailureReason.NETWORK)
+            self._failures[result.reason.name.lower()] += 1
             raise ConnectionRefusedError(
                 f"{target.short()} refused the WebRTC offer: "
                 f"{result.reason.name.lower()}: {result.detail}")
@@ -1070,19 +1085,20 @@ class WebRtcTransport(Transport):
                     nursery.start_soon(self._accept, signer, offer, handler)
         finally:
             self._offers = None
+        assert ended is not None  # the loop only ends by the break above
         raise ended
 
     async def _accept(self, signer: PeerId, offer: SignalOffer, handler: LinkHandler) -> None:
         stream: ChannelStream | None = None
         try:
             try:
-                _check_sdp(offer.sdp)
                 with trio.fail_after(self.connect_timeout):
                     stream = await self._new_stream()
                     assert stream.channel is not None
                     try:
+                        _check_sdp(offer.sdp)
                         sdp = await stream.channel.make_answer(offer.sdp)
-                    except ValueError as e:
+                    except (ValueError, RemoteProtocolError) as e:
                         await self._reject(signer, offer, RejectReason.MALFORMED, str(e))
                         raise RemoteProtocolError(str(e)) from e
                     await self._send_signal(
@@ -1090,7 +1106,7 @@ class WebRtcTransport(Transport):
                     await stream.wait_open()
                 hs = Handshake(Role.RESPONDER, self._identity, self._network_id,
                                now=trio.current_time(), timeout=self.handshake_timeout,
-                               rng=self._rng)
+                               suites=self._suites, rng=self._rng)
                 done = await self._run_handshake(stream, hs)
                 if done.remote_peer != signer:
                     raise HandshakeError(

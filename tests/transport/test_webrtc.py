@@ -10,20 +10,23 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import pytest
 import trio
 
 pytest.importorskip("aiortc")
 
-from p2pfl.errors import RemoteProtocolError  # noqa: E402
-from p2pfl.identity import Identity, seal  # noqa: E402
-from p2pfl.transport import Link, TcpTransport  # noqa: E402
-from p2pfl.transport._handshake import FailureReason, HandshakeError, network_tag  # noqa: E402
-from p2pfl.transport._webrtc_bridge import INITIAL_WINDOW, ChannelStream  # noqa: E402
-from p2pfl.transport.testing import LINK_CHECKS, LinkPair, check_link, open_link_pair  # noqa: E402
-from p2pfl.transport.webrtc import (  # noqa: E402
+from p2pfl.errors import RemoteProtocolError
+from p2pfl.identity import Identity, seal
+from p2pfl.transport import Link, TcpTransport
+from p2pfl.transport._handshake import FailureReason, HandshakeError, network_tag
+from p2pfl.transport._webrtc_bridge import (
+    INITIAL_WINDOW,
+    ChannelStream,
+    live_peer_connections,
+)
+from p2pfl.transport.testing import LINK_CHECKS, LinkPair, check_link, open_link_pair
+from p2pfl.transport.webrtc import (
     MemorySignalingHub,
     RelaySignaling,
     Signaling,
@@ -32,10 +35,11 @@ from p2pfl.transport.webrtc import (  # noqa: E402
     Undeliverable,
     WebRtcLink,
     WebRtcTransport,
+    _domain,
     format_webrtc_address,
     parse_webrtc_address,
 )
-from p2pfl.wire import PeerId, encode  # noqa: E402
+from p2pfl.wire import PeerId, encode
 
 NETWORK_ID = b"webrtc-tests"
 LOOPBACK = ("127.0.0.1",)
@@ -54,13 +58,15 @@ def _webrtc(identity: Identity, signaling: Signaling, network: bytes = NETWORK_I
                            **options)  # type: ignore[arg-type]
 
 
-@dataclass
-class Relayed:
-    """A relay peer serving TCP, and its links to the WebRTC peers."""
-
-    relay: SignalingRelay
-    relay_transport: TcpTransport
-    links: list[Link]
+@pytest.fixture(autouse=True)
+async def no_leaked_peer_connections() -> AsyncIterator[None]:
+    """Every test must close every peer connection it opened."""
+    before = live_peer_connections()
+    yield
+    with trio.move_on_after(3):
+        while live_peer_connections() > before:
+            await trio.sleep(0.01)
+    assert live_peer_connections() == before, "peer connections left open"
 
 
 @asynccontextmanager
@@ -97,6 +103,7 @@ async def webrtc_pair(nursery: trio.Nursery) -> LinkPair:
     address = await nursery.start(server.serve, relay.handle)
     sa = RelaySignaling(await TcpTransport(ia, NETWORK_ID).connect(address))
     sb = RelaySignaling(await TcpTransport(ib, NETWORK_ID).connect(address))
+    nursery.start_soon(_close_when_cancelled, sa.link, sb.link)
     while relay.statistics().peers < 2:
         await trio.sleep(0.005)
     ta = _webrtc(ia, sa, max_message=4 * MiB)
@@ -109,6 +116,15 @@ async def webrtc_pair(nursery: trio.Nursery) -> LinkPair:
         await trio.lowlevel.checkpoint()
 
     return LinkPair(a, b, crash_a, extras={"relay": relay, "signaling": (sa, sb)})
+
+
+async def _close_when_cancelled(*links: Link) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True):
+            for link in links:
+                await link.aclose()
 
 
 @pytest.mark.parametrize("check", LINK_CHECKS)
@@ -146,6 +162,7 @@ async def test_model_sized_messages_through_a_relay() -> None:
             assert a.statistics().bytes_sent == 4 * MiB
             assert isinstance(a, WebRtcLink) and isinstance(b, WebRtcLink)
             assert a.channel_binding == b.channel_binding
+            assert a.cipher_suite == b.cipher_suite
             await a.aclose()
             with pytest.raises(trio.EndOfChannel):
                 await b.receive()
@@ -194,7 +211,9 @@ async def test_peer_not_serving_refuses() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             # b reads signaling (a connect of its own in progress) but does not serve
-            nursery.start_soon(_connect_quietly, tb, format_webrtc_address(_identity("x").peer_id))
+            silent = _identity("silent").peer_id
+            hub.signaling(silent)
+            nursery.start_soon(_connect_quietly, tb, format_webrtc_address(silent))
             with pytest.raises(ConnectionRefusedError, match="not_serving"):
                 await ta.connect(format_webrtc_address(ib.peer_id))
             nursery.cancel_scope.cancel()
@@ -239,6 +258,33 @@ async def test_both_ends_connect_while_serving() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_many_peers_connect_to_one_through_the_relay() -> None:
+    server_id = _identity("server")
+    clients = [_identity(f"client{i}") for i in range(3)]
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, \
+                relay_signaling(nursery, server_id, *clients) as (ss, *cs):
+            server = _webrtc(server_id, ss)
+
+            async def echo(link: Link) -> None:
+                await link.send(await link.receive())
+
+            address = await nursery.start(server.serve, echo)
+
+            async def client(identity: Identity, signaling: Signaling) -> None:
+                link = await _webrtc(identity, signaling).connect(address)
+                payload = identity.peer_id.raw * 1000
+                await link.send(payload)
+                assert await link.receive() == payload
+                await link.aclose()
+
+            async with trio.open_nursery() as inner:
+                for identity, signaling in zip(clients, cs, strict=True):
+                    inner.start_soon(client, identity, signaling)
+            assert server.statistics().links_accepted == 3
+            nursery.cancel_scope.cancel()
+
+
 # -- signaling checks (no ICE needed) --------------------------------------------------------
 
 
@@ -266,10 +312,10 @@ async def test_forged_stale_misaddressed_and_replayed_offers_are_dropped() -> No
     def offer(signer: Identity, *, recipient: PeerId = me.peer_id, sent_at: float = 1000.0,
               session: bytes = b"s" * 16, sdp: str = "v=0") -> bytes:
         msg = SignalOffer(tag, session, recipient, sent_at, sdp)
-        return encode(seal(signer, msg, domain=b"p2pfl/webrtc-signal/1/" + tag))
+        return encode(seal(signer, msg, domain=_domain(tag)))
 
     forged = seal(mallory, SignalOffer(tag, b"f" * 16, me.peer_id, 1000.0, "v=0"),
-                  domain=b"p2pfl/webrtc-signal/1/" + tag)
+                  domain=_domain(tag))
     forged = type(forged)(other.public_key, forged.body, forged.signature)  # claims "other"
     bad = [
         encode(forged),  # signature does not match the claimed signer
@@ -333,7 +379,16 @@ async def test_connect_times_out_when_nobody_answers() -> None:
     assert ta.statistics().handshake_failures == {"timeout": 1}
 
 
-def test_addresses() -> None:
+async def test_signaling_works_for_any_network_id() -> None:
+    # Some network tags contain NUL bytes, which a signature domain may not.
+    tags = [network_tag(f"federation-{i}".encode()) for i in range(300)]
+    assert any(0 in tag for tag in tags)
+    me = _identity("me")
+    for tag in tags:
+        seal(me, SignalOffer(tag, b"s" * 16, me.peer_id, 0.0, "v=0"), domain=_domain(tag))
+
+
+async def test_addresses() -> None:
     peer = _identity("a").peer_id
     assert parse_webrtc_address(format_webrtc_address(peer)) == peer
     for bad in ("tcp:1.2.3.4:5", "webrtc:", "webrtc:nope"):
@@ -352,6 +407,28 @@ async def test_relay_cuts_off_a_source_speaking_garbage() -> None:
             with pytest.raises((trio.EndOfChannel, trio.BrokenResourceError)):
                 await link.receive()
             await link.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_relay_rate_limits_each_source() -> None:
+    ia, ib = _identity("a"), _identity("b")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = TcpTransport(_identity("relay"), NETWORK_ID)
+            relay = SignalingRelay(rate=0.001, burst=2)
+            address = await nursery.start(server.serve, relay.handle)
+            sa = RelaySignaling(await TcpTransport(ia, NETWORK_ID).connect(address))
+            sb = RelaySignaling(await TcpTransport(ib, NETWORK_ID).connect(address))
+            nursery.start_soon(_close_when_cancelled, sa.link, sb.link)
+            while relay.statistics().peers < 2:
+                await trio.sleep(0.005)
+            for i in range(5):
+                await sa.send(ib.peer_id, b"envelope %d" % i)
+            assert await sb.receive() == b"envelope 0"
+            assert await sb.receive() == b"envelope 1"
+            while relay.statistics().rate_limited < 3:
+                await trio.sleep(0.005)
+            assert relay.statistics().forwarded == 2
             nursery.cancel_scope.cancel()
 
 
@@ -421,3 +498,28 @@ async def test_stream_send_budget_follows_credit_and_buffer() -> None:
     assert stream.send_budget() == 768 * 1024
     stream.on_control("credit 5")  # an old grant never shrinks the window
     assert stream.send_budget() == 768 * 1024
+
+
+async def test_idle_links_are_kept_alive_and_silent_ones_time_out() -> None:
+    hub = MemorySignalingHub()
+    ia, ib = _identity("alice"), _identity("bob")
+    ta = _webrtc(ia, hub.signaling(ia.peer_id), idle_timeout=0.6)
+    tb = _webrtc(ib, hub.signaling(ib.peer_id), idle_timeout=0.6)
+    with trio.fail_after(15):
+        async with trio.open_nursery() as nursery:
+            a, b = await open_link_pair(nursery, ta, tb)
+            # Both ends receiving: pings keep the link up well past the timeout.
+            with trio.move_on_after(1.5):
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(a.receive)
+                    inner.start_soon(b.receive)
+            await a.send(b"still here")
+            assert await b.receive() == b"still here"
+            # Only b receives: a sends no pings, b gives up after idle_timeout.
+            start = trio.current_time()
+            with pytest.raises(trio.BrokenResourceError, match="idle timeout"):
+                await b.receive()
+            assert 0.4 < trio.current_time() - start < 1.5
+            await a.aclose()
+            await b.aclose()
+            nursery.cancel_scope.cancel()
