@@ -261,6 +261,7 @@ class RoundMachine:
                 public_key=self._public_key,
             )
             self._sub = self._factory(ctx)
+            self._pump(now)  # a backend may queue messages at construction (round keys)
             seed = int.from_bytes(_h(self.base.beacon, b"train", self.me.raw)[:8], "little") >> 1
             self._events.append(
                 TrainRequested(self.round, self.base.model, seed, self.federation.strategy.prox_mu)

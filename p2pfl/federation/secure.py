@@ -1,0 +1,457 @@
+"""Secure group aggregation: the :mod:`mpc.secagg` machines behind ``GroupAggregation``.
+
+Theory of operation
+-------------------
+For one (round, group), every member runs an :class:`mpc.secagg.Member`; a peer that
+is also one of the group's aggregators runs an :class:`mpc.secagg.Aggregator` next to
+it.  :class:`SecureAggregation` is the adapter between those sans-I/O machines and the
+round machine (:mod:`p2pfl.federation.round`), which does not know the difference
+from the plaintext backend:
+
+* **Parties.**  Party index = position in ``group.members`` (sorted by peer id).
+  Aggregators are group members in rank order, so their party index is their member
+  index (``GroupConfig.aggregators``), and a peer's two machines share that index.
+  Messages between a peer's own member and aggregator are delivered locally; the
+  others are encoded with :mod:`p2pfl.federation._secure_wire` (tags 0x0401–0x0412)
+  into the round's opaque payloads.  A received payload is routed by the message's
+  ``TO_AGGREGATOR`` flag.
+* **Signatures.**  The machines sign with the peer's Ed25519 identity under the
+  domain ``p2pfl/secagg/1/<federation id hex>``; every transcript they sign also
+  carries ``ctx.context`` (federation, round, group, schedule, base state).  A
+  signature of party i verifies only against a public key (``ctx.public_key``) whose
+  peer id *is* member i.
+* **Input.**  The contribution ``(x, w, n)`` becomes one ring vector of ``dim + 4``
+  coordinates: ``Q(w_q · x)`` (:func:`mpc.quant.quantize`: per-coordinate clip
+  ``quant_range``, stochastic rounding, ``log2(group size)`` bits of headroom), then
+  ``W = round(w · 2**kw)`` with ``w_q = W / 2**kw`` and ``kw`` the largest power such
+  that ``group size · 2**kw < 2**32``, then ``n`` in three 16-bit limbs (``n`` is
+  capped at ``2**48 - 1``).  So ``Σ w`` and ``Σ n`` over the *included* set come out
+  of the protocol itself, like the sum: no member reports totals that others trust.
+* **Deadlines** come from the federation: keys and shares ``timeouts.stage`` each,
+  masked inputs until ``ctx.input_deadline`` (``start + train``), then consistency
+  and unmasking ``stage`` each, with a grace of ``stage / 2`` for members waiting on
+  aggregators.  Every aggregator must announce the same sets before members reveal
+  (``GroupConfig.quorum`` = all, so one honest aggregator suffices against
+  equivocation): losing either aggregator before unmasking aborts the group, while
+  losing the primary after the output is covered by the replica, which unmasks on
+  its own and publishes after the round's failover delay.
+* **Output.**  An aggregator's ``OutputReady`` becomes :class:`GroupSumReady`: the
+  first ``dim`` coordinates dequantized to float64 (``Σ w_q x`` up to rounding), the
+  weight and sample coordinates decoded exactly.  Both aggregators sum the same
+  integers, so their events are bit-identical.  ``Aborted`` of the aggregator is
+  :class:`GroupAborted`; evidence of either machine is :class:`AggregationEvidence`.
+* **Co-signing** (:meth:`SecureAggregation.check_result`).  A member endorses a
+  result only if its (included, dropped, excluded) sets are exactly those it signed in
+  the consistency stage; a member that signed none endorses only results that leave
+  it out unless it did send a masked input.  A replica also refuses any sum, weight or
+  count that differs from its own output; plain members cannot check the sum (a
+  forged sum over the right sets is reported by the replica, not prevented: that is
+  the sketch stage's binding check).
+
+Quantization error: each member's coordinates are within one step ``quant_range /
+L`` of ``w_q x`` (``L = (2**(bits-1) - 1) // group size``), so ``update_sum`` is within
+``m · quant_range / L`` of ``Σ w_q x`` over ``m`` included members, and ``|w - w_q|
+<= 2**-(kw+1)``.  Malicious members can still put any value in their coordinates
+(including the weight and count), bounded only by the ring: detection is the job of
+the sketch stage, which this backend does not configure yet.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import Any, Final
+
+import numpy as np
+
+from mpc.quant import QuantParams, dequantize_sum, quantize
+from mpc.secagg import (
+    Aborted,
+    Aggregator,
+    ConsistencySig,
+    EvidenceFound,
+    GroupConfig,
+    MaskedInput,
+    Member,
+    Message,
+    OutputReady,
+    ProtocolError,
+    Timeouts,
+)
+from p2pfl.errors import LocalProtocolError, RemoteProtocolError
+from p2pfl.identity import verify_signature
+from p2pfl.wire import PeerId
+
+from ._secure_wire import decode_payload, encode_message
+from .aggregation import (
+    AggregationContext,
+    AggregationEvent,
+    AggregationEvidence,
+    Contribution,
+    GroupAborted,
+    GroupSumReady,
+)
+
+__all__ = [
+    "EXTRA_COORDS",
+    "SAMPLE_CAP",
+    "SecureAggregation",
+    "group_config",
+    "signature_domain",
+    "weight_bits",
+]
+
+SAMPLE_LIMBS: Final = 3
+_LIMB_BITS: Final = 16
+EXTRA_COORDS: Final = 1 + SAMPLE_LIMBS
+"""Ring coordinates appended to the update: the weight, then the sample-count limbs."""
+SAMPLE_CAP: Final = (1 << (_LIMB_BITS * SAMPLE_LIMBS)) - 1
+"""Largest sample count carried through the protocol (larger counts are capped)."""
+_MAX_TOTAL_SAMPLES: Final = 2**62  # ResultBody.total_samples bound
+EXCLUDED_REASON: Final = "excluded by the group's scoring policy"
+_MAX_MEMO: Final = 1 << 14  # verified (party, transcript, signature) triples kept
+
+
+def signature_domain(federation_id: bytes) -> bytes:
+    """The Ed25519 domain of every signature made inside the secure-aggregation
+    protocol of one federation."""
+    return b"p2pfl/secagg/1/" + federation_id.hex().encode()
+
+
+def weight_bits(group_size: int) -> int:
+    """``kw``: weights are carried as ``round(w · 2**kw)``, the largest power of two
+    for which ``group_size`` of them cannot exceed ``2**32 - 1``."""
+    return ((2**32 - 1) // group_size).bit_length() - 1
+
+
+def group_config(ctx: AggregationContext) -> GroupConfig:
+    """The :class:`mpc.secagg.GroupConfig` of ``ctx``'s group (see the module docstring).
+
+    Raises ``ValueError`` when the federation's parameters do not fit the protocol
+    (e.g. a threshold above a SecAgg+ holder set of ``neighbours + 1``).
+    """
+    members = ctx.group.members
+    t = ctx.federation.timeouts
+    stage = t.stage
+    window = ctx.input_deadline - ctx.start
+    if window > 2 * stage:
+        keys = shares = stage
+    else:  # a federation configured for plaintext: keep the masked window open
+        keys = shares = window / 4
+    k = ctx.federation.secagg.neighbours
+    return GroupConfig(
+        context=ctx.context,
+        n=len(members),
+        threshold=ctx.threshold,
+        dim=ctx.dim + EXTRA_COORDS,
+        aggregators=tuple(members.index(a) for a in ctx.group.aggregators),
+        k=k if k > 0 else None,
+        timeouts=Timeouts(keys=keys, shares=shares, masked=window - keys - shares,
+                          consistency=stage, unmask=stage, grace=stage / 2),
+    )
+
+
+def _check(contribution: Contribution, dim: int) -> str | None:
+    u = contribution.update
+    if not isinstance(u, np.ndarray) or u.dtype != np.float32 or u.shape != (dim,):
+        return f"update must be float32 of shape ({dim},)"
+    if not np.isfinite(u).all():
+        return "update has non-finite values"
+    w = contribution.weight
+    if not isinstance(w, int | float) or not math.isfinite(w) or not 0 <= w <= 1:
+        return f"weight must be in [0, 1], got {w!r}"
+    n = contribution.num_samples
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        return f"num_samples must be an int >= 0, got {n!r}"
+    return None
+
+
+class SecureAggregation:
+    """The secure :class:`~p2pfl.federation.aggregation.GroupAggregation` (see the
+    module docstring).  Use the class itself as the round's ``aggregation`` factory."""
+
+    def __init__(self, ctx: AggregationContext) -> None:
+        if ctx.me not in ctx.group:
+            raise LocalProtocolError("a group aggregation needs this peer to be a member")
+        self.ctx = ctx
+        members = ctx.group.members
+        self._party: dict[PeerId, int] = {p: i for i, p in enumerate(members)}
+        self.index = self._party[ctx.me]
+        self.is_aggregator = ctx.me in ctx.group.aggregators
+        self._domain = signature_domain(ctx.federation.id)
+        self._keys: dict[int, bytes] = {}
+        self._verified: set[tuple[int, bytes, bytes]] = set()
+        self._outbox: list[tuple[PeerId, bytes]] = []
+        self._events: list[AggregationEvent] = []
+        self._submitted = False
+        self._sent_input = False
+        self._signed_sets: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._own: GroupSumReady | None = None
+        self.member_outcome = ""
+        self.aggregator_outcome = ""
+        self.member: Member | None = None
+        self.aggregator: Aggregator | None = None
+        self._kw = weight_bits(len(members))
+        try:
+            self.cfg: GroupConfig | None = group_config(ctx)
+            s = ctx.federation.secagg
+            self._params = QuantParams(clip=s.quant_range, bits=s.quant_bits,
+                                       max_summands=len(members))
+        except ValueError as e:  # every peer of the group computes the same failure
+            self.cfg = None
+            self.member_outcome = self.aggregator_outcome = f"unusable configuration: {e}"
+            if self.is_aggregator:
+                self._events.append(GroupAborted(self.aggregator_outcome))
+            return
+        cfg = self.cfg
+        self.member = Member(cfg, self.index, ctx.rng, self._sign, self._verify,
+                             start=ctx.start)
+        if self.is_aggregator:
+            # the primary never removes an input (no exclusions without a sketch stage);
+            # a replica keeps inputs to follow the primary's survivor set
+            self.aggregator = Aggregator(cfg, self.index, self._sign, self._verify,
+                                         start=ctx.start,
+                                         retain_inputs=self.index != cfg.primary)
+        self._pump(ctx.start)
+
+    # -- signatures ---------------------------------------------------------
+
+    def _sign(self, data: bytes) -> bytes:
+        return self.ctx.identity.sign(self._domain, data)
+
+    def _verify(self, party: int, data: bytes, sig: bytes) -> bool:
+        key = self._keys.get(party)
+        if key is None:
+            members = self.ctx.group.members
+            if not 0 <= party < len(members):
+                return False
+            peer = members[party]
+            found = self.ctx.public_key(peer)
+            if found is None or PeerId.from_public_key(found) != peer:
+                return False
+            key = self._keys[party] = found
+        memo = (party, data, sig)
+        if memo in self._verified:  # relayed and echoed signatures arrive many times
+            return True
+        ok = verify_signature(key, self._domain, data, sig)
+        if ok and len(self._verified) < _MAX_MEMO:
+            self._verified.add(memo)
+        return ok
+
+    # -- inputs -------------------------------------------------------------
+
+    def submit(self, contribution: Contribution, now: float) -> None:
+        """Quantize our contribution and hand it to our member machine.
+
+        Raises :class:`LocalProtocolError` on a second call or a malformed input.
+        """
+        if self._submitted:
+            raise LocalProtocolError("contribution already submitted")
+        problem = _check(contribution, self.ctx.dim)
+        if problem:
+            raise LocalProtocolError(problem)
+        self._submitted = True
+        if self.member is None:
+            return
+        self.member.set_input(self.encode_input(contribution), now)
+        self._pump(now)
+
+    def encode_input(self, contribution: Contribution) -> np.ndarray:
+        """The ring vector (uint32, ``dim + EXTRA_COORDS``) carrying ``contribution``;
+        draws the rounding randomness from ``ctx.rng``."""
+        d = self.ctx.dim
+        q = np.empty(d + EXTRA_COORDS, dtype=np.uint32)
+        scaled = round(float(contribution.weight) * (1 << self._kw))
+        quantize(contribution.update, self._params, self.ctx.rng, out=q[:d],
+                 weight=scaled / (1 << self._kw))
+        q[d] = scaled
+        n = min(int(contribution.num_samples), SAMPLE_CAP)
+        for i in range(SAMPLE_LIMBS):
+            q[d + 1 + i] = (n >> (_LIMB_BITS * i)) & ((1 << _LIMB_BITS) - 1)
+        return q
+
+    def decode_output(self, total: np.ndarray) -> tuple[np.ndarray, float, int]:
+        """(Σ w x as float64, Σ w, Σ n) from a ring sum of :meth:`encode_input` vectors."""
+        d = self.ctx.dim
+        update_sum = dequantize_sum(total[:d], self._params)
+        update_sum.flags.writeable = False
+        extra = [int(v) for v in total[d:]]
+        weight = extra[0] / (1 << self._kw)
+        samples = sum(v << (_LIMB_BITS * i) for i, v in enumerate(extra[1:]))
+        return update_sum, weight, min(samples, _MAX_TOTAL_SAMPLES)
+
+    def receive(self, sender: PeerId, payload: bytes, now: float) -> None:
+        """Feed a payload from a group member to the machine it is for.
+
+        Raises :class:`RemoteProtocolError` naming ``sender`` for a payload that does
+        not decode or check, or an aggregator message sent to a peer that does not
+        aggregate.  Bad content that decodes is reported as
+        :class:`AggregationEvidence` by the machines instead.
+        """
+        party = self._party.get(sender)
+        if party is None or party == self.index:
+            raise RemoteProtocolError("secure aggregation payload from a non-member", peer=sender)
+        if self.cfg is None or self.member is None:
+            return  # this group cannot run; every member knows it
+        msg = decode_payload(self.cfg, payload, sender)
+        if msg.TO_AGGREGATOR:
+            if self.aggregator is None:
+                raise RemoteProtocolError(
+                    f"{type(msg).__name__} sent to a peer that does not aggregate", peer=sender)
+            self.aggregator.receive(party, msg, now)
+        else:
+            self.member.receive(party, msg, now)
+        self._pump(now)
+
+    # -- time ---------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        for m in self._machines():
+            m.handle_timer(now)
+        self._pump(now)
+
+    def next_deadline(self) -> float | None:
+        """The machines' next deadline; ``ctx.start`` while payloads queued at
+        construction (our round keys) wait to be collected, so that a driver polling
+        deadlines sends them at once rather than at the next input."""
+        if self._outbox:
+            return self.ctx.start
+        times = [d for m in self._machines() if (d := m.next_deadline()) is not None]
+        return min(times) if times else None
+
+    # -- plumbing -----------------------------------------------------------
+
+    def _machines(self) -> list[Member | Aggregator]:
+        out: list[Member | Aggregator] = []
+        if self.member is not None:
+            out.append(self.member)
+        if self.aggregator is not None:
+            out.append(self.aggregator)
+        return out
+
+    def _pump(self, now: float) -> None:
+        """Move our machines' output: to ourselves locally, to others encoded; turn
+        their events into aggregation events."""
+        members = self.ctx.group.members
+        local: deque[Message] = deque()
+        encoded: dict[tuple[Any, ...], bytes] = {}
+        while True:
+            for m in self._machines():
+                for party, msg in m.messages_to_send():
+                    if m is self.member:
+                        self._observe(msg)
+                    if party == self.index:
+                        local.append(msg)
+                    elif 0 <= party < len(members):
+                        self._outbox.append((members[party], self._encode(msg, encoded)))
+                while (ev := m.next_event()) is not None:
+                    self._on_event(m, ev)
+            if not local:
+                return
+            while local:
+                msg = local.popleft()
+                target = self.aggregator if msg.TO_AGGREGATOR else self.member
+                if target is not None:
+                    target.receive(self.index, msg, now)
+
+    @staticmethod
+    def _encode(msg: Message, cache: dict[tuple[Any, ...], bytes]) -> bytes:
+        # the masked input goes to every aggregator as equal messages around one array
+        if not isinstance(msg, MaskedInput):
+            return encode_message(msg)
+        key = (id(msg.y), msg.signature)
+        data = cache.get(key)
+        if data is None:
+            data = cache[key] = encode_message(msg)
+        return data
+
+    def _observe(self, msg: Message) -> None:
+        """Remember what our member committed to: its masked input, its signed sets."""
+        if isinstance(msg, MaskedInput):
+            self._sent_input = True
+        elif isinstance(msg, ConsistencySig) and msg.echoes and self._signed_sets is None:
+            self._signed_sets = msg.echoes[0].sets
+
+    def _on_event(self, machine: Member | Aggregator, ev: object) -> None:
+        members = self.ctx.group.members
+        mine = machine is self.aggregator
+        if isinstance(ev, EvidenceFound):
+            e = ev.evidence
+            if 0 <= e.accused < len(members) and e.accused != self.index:
+                self._events.append(AggregationEvidence(
+                    members[e.accused],
+                    f"secagg {e.kind.value} ({e.stage.name.lower()}): {e.detail}"[:256]))
+        elif isinstance(ev, OutputReady) and mine:
+            self._on_output(ev)
+        elif isinstance(ev, Aborted | ProtocolError):
+            why = ev.reason if isinstance(ev, Aborted) else f"local error: {ev.report}"
+            if mine:
+                self.aggregator_outcome = why
+                self._events.append(GroupAborted(f"secure aggregation aborted: {why}"))
+            else:
+                self.member_outcome = why
+
+    def _on_output(self, ev: OutputReady) -> None:
+        members = self.ctx.group.members
+        update_sum, weight, samples = self.decode_output(ev.total)
+        self._own = GroupSumReady(
+            update_sum,
+            tuple(members[i] for i in sorted(ev.included)),
+            weight,
+            samples,
+            tuple(members[i] for i in sorted(ev.dropped)),
+            tuple((members[i], EXCLUDED_REASON) for i in sorted(ev.excluded)),
+        )
+        self.aggregator_outcome = "output"
+        self._events.append(self._own)
+
+    # -- results ------------------------------------------------------------
+
+    def check_result(self, result: GroupSumReady) -> str | None:
+        """None when this member may endorse ``result``, else why not."""
+        members = self.ctx.group.members
+        included = tuple(result.included)
+        if self._signed_sets is None:
+            if self.ctx.me in included and not self._sent_input:
+                return "the result includes this peer, which sent no masked input"
+            return None
+        survivors, excluded = (set(s) for s in self._signed_sets)
+        want_included = tuple(members[i] for i in sorted(survivors - excluded))
+        want_dropped = tuple(p for i, p in enumerate(members) if i not in survivors)
+        want_excluded = tuple(members[i] for i in sorted(excluded))
+        if (included != want_included or tuple(result.dropped) != want_dropped
+                or tuple(p for p, _ in result.excluded) != want_excluded):
+            return "the result's member sets differ from those this member signed"
+        own = self._own
+        if own is None:
+            return None
+        same = (
+            np.asarray(result.update_sum).shape == own.update_sum.shape
+            and np.array_equal(np.asarray(result.update_sum, dtype=np.float64).view(np.uint64),
+                               own.update_sum.view(np.uint64))
+            and float(result.total_weight) == own.total_weight
+            and int(result.total_samples) == own.total_samples
+        )
+        return None if same else "the sum differs from this replica's own output"
+
+    def messages_to_send(self) -> list[tuple[PeerId, bytes]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> AggregationEvent | None:
+        return self._events.pop(0) if self._events else None
+
+    def send_failed(self, recipient: PeerId, now: float) -> None:
+        """Nothing to do: the protocol's deadlines treat an unreachable peer as
+        dropped (or, for an aggregator, as silent)."""
+
+    def statistics(self) -> dict[str, Any]:
+        """Introspection: machine states and outcomes."""
+        return {
+            "party": self.index,
+            "member_state": None if self.member is None else self.member.state.value,
+            "aggregator_state": None if self.aggregator is None else self.aggregator.state.value,
+            "member_outcome": self.member_outcome,
+            "aggregator_outcome": self.aggregator_outcome,
+            "late_messages": sum(m.late_messages for m in self._machines()),
+        }
