@@ -54,6 +54,7 @@ LOWER_LAYERS_MUST_NOT_IMPORT = {
                        "p2pfl.learning"},
     "p2pfl/transport": {"p2pfl.overlay", "p2pfl.federation", "p2pfl.ledger", "p2pfl.learning"},
     "p2pfl/overlay": {"p2pfl.federation", "p2pfl.ledger", "p2pfl.learning", "torch"},
+    "p2pfl/ledger": {"p2pfl.overlay", "p2pfl.transport", "trio", "torch"},
     "p2pfl/learning": {"p2pfl.transport", "p2pfl.overlay", "p2pfl.federation", "p2pfl.ledger",
                        "trio"},
 }

@@ -32,5 +32,5 @@ def test_mypy_strict_on_mpc() -> None:
 def test_mypy_on_p2pfl_core() -> None:
     pytest.importorskip("mypy")
     r = _run(sys.executable, "-m", "mypy", "--no-incremental", "p2pfl/wire", "p2pfl/identity",
-             "p2pfl/transport", "p2pfl/federation", "p2pfl/learning")
+             "p2pfl/transport", "p2pfl/federation", "p2pfl/learning", "p2pfl/ledger")
     assert r.returncode == 0, r.stdout + r.stderr
