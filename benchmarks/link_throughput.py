@@ -21,19 +21,14 @@ Each figure is the median of ``--repeats`` runs; the ratios are TCP link / raw.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import struct
-import sys
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+from _common import environment, measure, report, size_arguments, sizes, start_server
 
 from p2pfl.identity import Identity
-from p2pfl.transport import CipherSuite, Link, TcpLink, TcpTransport, default_suites
+from p2pfl.transport import CipherSuite, TcpLink, TcpTransport, default_suites
 
 _LEN = struct.Struct(">I")
 
@@ -84,64 +79,17 @@ class RawChannel:
         return msg
 
 
-Sender = Callable[[bytes], Awaitable[None]]
-Receiver = Callable[[], Awaitable[bytes]]
-
-
-async def _transfer(send: Sender, receive: Receiver, payload: bytes, count: int) -> float:
-    """Seconds to move ``count`` copies of ``payload`` (pipelined)."""
-    t0 = time.perf_counter()
-
-    async def sender() -> None:
-        for _ in range(count):
-            await send(payload)
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(sender)
-        for _ in range(count):
-            got = await receive()
-            if len(got) != len(payload):
-                raise AssertionError("benchmark message corrupted")
-    return time.perf_counter() - t0
-
-
-async def _measure(send: Sender, receive: Receiver, args: argparse.Namespace) -> dict[str, Any]:
-    big = bytes(range(256)) * (args.big_size // 256)
-    small = b"x" * args.small_size
-    await _transfer(send, receive, big, 2)  # warm up buffers
-    await _transfer(send, receive, small, 100)
-    mbps, rates = [], []
-    for _ in range(args.repeats):
-        dt = await _transfer(send, receive, big, args.big_count)
-        mbps.append(args.big_count * len(big) / dt / 1e6)
-        dt = await _transfer(send, receive, small, args.small_count)
-        rates.append(args.small_count / dt)
-    return {
-        "throughput_MBps": round(statistics.median(mbps), 1),
-        "throughput_MBps_runs": [round(x, 1) for x in mbps],
-        "small_msgs_per_s": round(statistics.median(rates)),
-        "small_msgs_per_s_runs": [round(x) for x in rates],
-    }
-
-
 async def _bench_tcp_link(
     args: argparse.Namespace, suites: tuple[CipherSuite, ...] | None = None
 ) -> dict[str, Any]:
     server = TcpTransport(Identity.generate(), b"bench", idle_timeout=None, cipher_suites=suites)
     client = TcpTransport(Identity.generate(), b"bench", idle_timeout=None, cipher_suites=suites)
-    got: trio.MemoryReceiveChannel[Link]
-    put, got = trio.open_memory_channel[Link](1)
-
-    async def handler(link: Link) -> None:
-        await put.send(link)
-        await trio.sleep_forever()
-
     async with trio.open_nursery() as nursery:
-        address = await nursery.start(server.serve, handler)
+        address, got = await start_server(nursery, server)
         a = await client.connect(address)
         assert isinstance(a, TcpLink)
         b = await got.receive()
-        result = {"cipher_suite": a.cipher_suite.name, **await _measure(a.send, b.receive, args)}
+        result = {"cipher_suite": a.cipher_suite.name, **await measure(a.send, b.receive, args)}
         await a.aclose()
         nursery.cancel_scope.cancel()
     return result
@@ -159,7 +107,7 @@ async def _bench_raw(args: argparse.Namespace) -> dict[str, Any]:
         port = listeners[0].socket.getsockname()[1]
         a = RawChannel(await trio.open_tcp_stream("127.0.0.1", port))
         b = RawChannel(await got.receive())
-        result = await _measure(a.send, b.receive, args)
+        result = await measure(a.send, b.receive, args)
         await a.stream.aclose()
         nursery.cancel_scope.cancel()
     return result
@@ -171,14 +119,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     chacha = await _bench_tcp_link(args, (CipherSuite.CHACHA20_POLY1305,))
     return {
         "benchmark": "link_throughput",
-        "python": sys.version.split()[0],
-        "trio": trio.__version__,
-        "machine": platform.machine(),
-        "big_size": args.big_size,
-        "big_count": args.big_count,
-        "small_size": args.small_size,
-        "small_count": args.small_count,
-        "repeats": args.repeats,
+        **environment(),
+        **sizes(args),
         "default_suites": [s.name for s in default_suites()],
         "raw_tcp": raw,
         "tcp_link": link,
@@ -192,18 +134,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", help="also write the JSON here")
-    p.add_argument("--big-size", type=int, default=4 * 1024 * 1024)
-    p.add_argument("--big-count", type=int, default=64)
-    p.add_argument("--small-size", type=int, default=64)
-    p.add_argument("--small-count", type=int, default=20000)
-    p.add_argument("--repeats", type=int, default=5)
+    size_arguments(p, big_count=64, small_count=20000)
     args = p.parse_args(argv)
-    result = trio.run(main_async, args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    report(trio.run(main_async, args), args.out)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,54 @@ class Link(trio.abc.Channel[bytes]):
         """Counters for this link."""
 
 
+class _LinkCounters:
+    """The mutable payload counters behind :meth:`Link.statistics`."""
+
+    __slots__ = ("bytes_received", "bytes_sent", "messages_received", "messages_sent")
+
+    def __init__(self) -> None:
+        self.messages_sent = self.messages_received = 0
+        self.bytes_sent = self.bytes_received = 0
+
+    def sent(self, nbytes: int) -> None:
+        self.messages_sent += 1
+        self.bytes_sent += nbytes
+
+    def received(self, nbytes: int) -> None:
+        self.messages_received += 1
+        self.bytes_received += nbytes
+
+    def freeze(self) -> LinkStatistics:
+        return LinkStatistics(
+            self.messages_sent, self.messages_received, self.bytes_sent, self.bytes_received
+        )
+
+
+class _PeerLink(Link):
+    """What every built-in link shares: both peer ids and the payload counters.
+
+    Subclasses count each whole message with ``self._stats.sent(n)`` /
+    ``self._stats.received(n)`` and supply ``max_message``, ``send``,
+    ``receive`` and ``aclose``.
+    """
+
+    def __init__(self, local_peer: PeerId, remote_peer: PeerId) -> None:
+        self._local = local_peer
+        self._remote = remote_peer
+        self._stats = _LinkCounters()
+
+    @property
+    def local_peer(self) -> PeerId:
+        return self._local
+
+    @property
+    def remote_peer(self) -> PeerId:
+        return self._remote
+
+    def statistics(self) -> LinkStatistics:
+        return self._stats.freeze()
+
+
 LinkHandler = Callable[[Link], Awaitable[None]]
 
 

@@ -82,7 +82,7 @@ from p2pfl.errors import RemoteProtocolError
 from p2pfl.identity import Identity
 from p2pfl.wire import PeerId
 
-from ._base import DEFAULT_MAX_MESSAGE, Link, LinkHandler, LinkStatistics, Transport
+from ._base import DEFAULT_MAX_MESSAGE, LinkHandler, Transport, _PeerLink
 
 __all__ = [
     "MemoryLink",
@@ -293,7 +293,7 @@ class _Connection:
         self.net._connections.discard(self)
 
 
-class MemoryLink(Link):
+class MemoryLink(_PeerLink):
     """One end of an in-memory connection (see the module docstring)."""
 
     def __init__(
@@ -304,34 +304,18 @@ class MemoryLink(Link):
         out_pipe: _Pipe,
         in_pipe: _Pipe,
     ) -> None:
+        super().__init__(transport.local_peer, remote)
         self._conn = conn
         self._transport = transport
         self._net = transport._net
-        self._local = transport.local_peer
-        self._remote = remote
         self._out = out_pipe
         self._in = in_pipe
         self._closed = False
         self._counters = transport._counters
-        self._messages_sent = self._bytes_sent = 0
-        self._messages_received = self._bytes_received = 0
-
-    @property
-    def local_peer(self) -> PeerId:
-        return self._local
-
-    @property
-    def remote_peer(self) -> PeerId:
-        return self._remote
 
     @property
     def max_message(self) -> int:
         return self._net.max_message
-
-    def statistics(self) -> LinkStatistics:
-        return LinkStatistics(
-            self._messages_sent, self._messages_received, self._bytes_sent, self._bytes_received
-        )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "broken" if self._conn.broken else "open"
@@ -375,8 +359,7 @@ class MemoryLink(Link):
             self._conn.break_()
             raise trio.BrokenResourceError(f"network broke the link to {self._remote.short()}")
         counters = self._counters
-        self._messages_sent += 1
-        self._bytes_sent += n
+        self._stats.sent(n)
         counters.messages_sent += 1
         counters.bytes_sent += n
         if route.kind is RouteKind.DELIVER:
@@ -435,8 +418,7 @@ class MemoryLink(Link):
         n = len(value)
         pipe.nbytes -= n
         pipe.send_lot.unpark_all()
-        self._messages_received += 1
-        self._bytes_received += n
+        self._stats.received(n)
         self._counters.messages_received += 1
         self._counters.bytes_received += n
         if not blocked:

@@ -55,20 +55,18 @@ import math
 import os
 import socket
 import struct
-from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import trio
 
-from p2pfl.errors import RemoteProtocolError
 from p2pfl.identity import Identity
 from p2pfl.wire import PeerId
 
-from ._base import DEFAULT_MAX_MESSAGE, Link, LinkHandler, LinkStatistics, Transport
-from ._framing import DEFAULT_MAX_FRAME, CipherSuite, FrameDecoder, FrameEncoder
+from ._base import DEFAULT_MAX_MESSAGE, LinkHandler
+from ._framing import DEFAULT_MAX_FRAME, CipherSuite
 from ._handshake import FailureReason, Handshake, HandshakeComplete, HandshakeError, Role
+from ._secure_link import SecureLink, SecureTransport
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
@@ -147,139 +145,27 @@ class TcpTransportStatistics:
 # -- the link ---------------------------------------------------------------------
 
 
-class TcpLink(Link):
+class TcpLink(SecureLink[trio.SocketStream]):
     """An authenticated, encrypted message link over one TCP connection.
 
-    Made by :class:`TcpTransport`; see the module docstring for its semantics.
+    Made by :class:`TcpTransport`; see the module docstring for its semantics
+    (and :mod:`._secure_link` for the part shared with the WebRTC link).
     """
-
-    def __init__(
-        self,
-        stream: trio.SocketStream,
-        local_peer: PeerId,
-        session: HandshakeComplete,
-        *,
-        initial_data: bytes,
-        max_message: int,
-        max_frame: int,
-        idle_timeout: float | None,
-        close_timeout: float,
-        remote_address: str,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        self._stream = stream
-        self._local = local_peer
-        self._remote = session.remote_peer
-        self.remote_public_key = session.remote_public_key
-        #: BLAKE2b-512 of the handshake transcript, equal on both ends.
-        self.channel_binding = session.transcript_hash
-        self.remote_address = remote_address
-        self._max_message = max_message
-        self.cipher_suite = session.suite
-        self._encoder = FrameEncoder(session.send_key, suite=session.suite, max_frame=max_frame)
-        self._decoder = FrameDecoder(
-            session.receive_key,
-            suite=session.suite,
-            max_frame=max_frame,
-            max_message=max_message,
-        )
-        self._initial = initial_data
-        self._idle_timeout = idle_timeout
-        self._close_timeout = close_timeout
-        self._on_close = on_close
-        self._send_lock = trio.Lock()
-        self._pending: deque[bytes] = deque()
-        self._receiving = False
-        self._closed = False
-        self._remote_closed = False
-        self._broken: BaseException | None = None
-        now = trio.current_time()
-        self._last_rx = now
-        self._last_tx = now
-        self._messages_sent = self._messages_received = 0
-        self._bytes_sent = self._bytes_received = 0
-
-    # -- Link properties ----------------------------------------------------------
-
-    @property
-    def local_peer(self) -> PeerId:
-        return self._local
-
-    @property
-    def remote_peer(self) -> PeerId:
-        return self._remote
-
-    @property
-    def max_message(self) -> int:
-        return self._max_message
-
-    def statistics(self) -> LinkStatistics:
-        return LinkStatistics(
-            messages_sent=self._messages_sent,
-            messages_received=self._messages_received,
-            bytes_sent=self._bytes_sent,
-            bytes_received=self._bytes_received,
-        )
 
     def __repr__(self) -> str:
         return f"<TcpLink {self._local.short()} -> {self._remote.short()} {self.remote_address}>"
 
-    # -- state helpers --------------------------------------------------------------
+    # -- the carrier: one TCP socket ---------------------------------------------------
 
-    def _broken_error(self, what: str) -> trio.BrokenResourceError:
-        return trio.BrokenResourceError(f"link to {self._remote.short()} is broken: {what}")
-
-    def _break(self, cause: BaseException) -> None:
-        """Mark the link broken and cut the connection (no close frame)."""
-        if self._broken is None:
-            self._broken = cause
-        self._abort_socket()
-
-    def _abort_socket(self) -> None:
+    def _abort_carrier(self) -> None:
         sock = self._stream.socket
         if sock.fileno() != -1:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()  # wakes blocked tasks with ClosedResourceError
 
-    def _raise_if_unusable(self, sending: bool) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("link was closed")
-        if self._broken is not None:
-            raise self._broken_error(str(self._broken)) from self._broken
-        if sending and self._remote_closed:
-            raise trio.BrokenResourceError(f"{self._remote.short()} closed the link")
-
-    # -- send -------------------------------------------------------------------------
-
-    async def send(self, value: bytes | bytearray | memoryview) -> None:
-        """Send one message (any bytes-like object up to ``max_message`` bytes).
-
-        Waits while the link is back-pressured.  Raises :class:`ValueError` for
-        an oversized message (nothing is sent), :class:`trio.ClosedResourceError`
-        after ``aclose`` and :class:`trio.BrokenResourceError` when the remote
-        closed the link or the connection broke.
-        """
-        size = memoryview(value).nbytes
-        if self._closed:
-            raise trio.ClosedResourceError("link was closed")
-        if size > self._max_message:
-            raise ValueError(f"message of {size} bytes exceeds max_message={self._max_message}")
-        lock = self._send_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
-            lock.acquire_nowait()  # the write below is the checkpoint
-        try:
-            self._raise_if_unusable(sending=True)
-            await self._write_frames(value)
-            self._messages_sent += 1
-            self._bytes_sent += size
-        finally:
-            lock.release()
-
-    async def _write_frames(self, value: bytes | bytearray | memoryview) -> None:
-        """Write all frames of one message (lock held)."""
+    async def _write_message(self, value: bytes | bytearray | memoryview) -> None:
+        self._raise_if_unusable(sending=True)
         stream = self._stream
         try:
             for frame in self._encoder.frames(value):
@@ -299,78 +185,17 @@ class TcpLink(Link):
             cause.__cause__ = e
             self._break(cause)
             raise
-        self._last_tx = trio.current_time()
-
-    # -- receive ------------------------------------------------------------------------
-
-    async def receive(self) -> bytes:
-        """The next whole message.
-
-        Raises :class:`trio.EndOfChannel` once the remote closed cleanly (after
-        every earlier message), :class:`trio.BrokenResourceError` when the
-        connection broke, timed out or the remote sent invalid frames,
-        :class:`trio.ClosedResourceError` after ``aclose`` and
-        :class:`trio.BusyResourceError` when another task is receiving.
-        """
-        if self._closed:
-            raise trio.ClosedResourceError("link was closed")
-        if not self._pending:
-            if self._remote_closed:
-                await trio.lowlevel.checkpoint()
-                raise trio.EndOfChannel(f"{self._remote.short()} closed the link")
-            self._raise_if_unusable(sending=False)
-            if self._receiving:
-                raise trio.BusyResourceError("another task is already receiving on this link")
-            self._receiving = True
-            try:
-                await self._fill()
-                # A socket read woken by readiness returns without a schedule
-                # point; take one, so that the task whose write we just read
-                # resumes (and, say, counts its send) before we hand the data on.
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            finally:
-                self._receiving = False
-        else:
-            await trio.lowlevel.checkpoint()
-            if self._closed:
-                raise trio.ClosedResourceError("link was closed")
-        if not self._pending:
-            raise trio.EndOfChannel(f"{self._remote.short()} closed the link")
-        msg = self._pending.popleft()
-        self._messages_received += 1
-        self._bytes_received += len(msg)
-        return msg
-
-    def _feed(self, data: bytes) -> None:
-        try:
-            self._pending.extend(self._decoder.feed(data))
-        except RemoteProtocolError as e:
-            self._protocol_failure(e)
-        if self._decoder.closed:
-            self._remote_closed = True
-
-    def _protocol_failure(self, e: RemoteProtocolError) -> None:
-        e.peer = self._remote
-        log.info("cutting off %s (%s): %s", self._remote, self.remote_address, e)
-        self._break(e)
-        raise self._broken_error(f"invalid data from the remote: {e}") from e
 
     async def _fill(self) -> None:
-        """Read until at least one message is pending or the remote closed."""
-        if self._initial:
-            data, self._initial = self._initial, b""
-            self._feed(data)
-            if self._pending or self._remote_closed:
-                await trio.lowlevel.checkpoint()
-                return
+        """Read with ``recv_into`` into the decoder's buffer until at least one
+        message is pending or the remote closed."""
+        if self._feed_initial():
+            await trio.lowlevel.checkpoint()
+            return
         sock = self._stream.socket
         decoder = self._decoder
-        idle = self._idle_timeout
         while True:
-            if idle is None:
-                deadline = math.inf
-            else:
-                deadline = min(self._last_rx + idle, self._last_tx + idle / 3)
+            deadline = self._next_deadline()
             n = -1
             with decoder.get_buffer(_READ_SIZE) as buf:
                 try:
@@ -391,107 +216,52 @@ class TcpLink(Link):
                 await self._on_idle()
                 continue
             if n == 0:
-                self._on_eof()
+                self._on_eof(
+                    f"{self._remote.short()} ended the connection without a close frame "
+                    "(crash, reset, or a cut stream)",
+                    "connection ended without a close frame",
+                )
             self._last_rx = trio.current_time()
-            try:
-                msgs = decoder.buffer_updated(n)
-            except RemoteProtocolError as e:
-                self._protocol_failure(e)
-            if decoder.closed:
-                self._remote_closed = True
-            if msgs:
-                self._pending.extend(msgs)
-                return
-            if self._remote_closed:
+            if self._feed_buffer(n):
                 return
 
-    def _on_eof(self) -> None:
-        try:
-            self._decoder.feed_eof()
-        except RemoteProtocolError as e:
-            self._protocol_failure(e)
-        err = trio.BrokenResourceError(
-            f"{self._remote.short()} ended the connection without a close frame "
-            "(crash, reset, or a cut stream)"
-        )
-        self._break(err)
-        raise self._broken_error("connection ended without a close frame") from err
+    async def _settle(self) -> None:
+        # A socket read woken by readiness returns without a schedule point;
+        # take one, so that the task whose write we just read resumes (and,
+        # say, counts its send) before we hand the data on.
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def _on_idle(self) -> None:
-        """A receive deadline passed: time out the link or send a keepalive."""
+    async def _write_ping(self) -> None:
+        # Shielded: a ping abandoned half way would leave the frame stream out
+        # of step.  Bounded by the idle deadline all the same.
         assert self._idle_timeout is not None
-        now = trio.current_time()
-        if now >= self._last_rx + self._idle_timeout:
-            err = trio.BrokenResourceError(
-                f"idle timeout: nothing received for {self._idle_timeout} s"
-            )
-            self._break(err)
-            raise self._broken_error(str(err)) from err
-        if self._send_lock.locked():
-            self._last_tx = now  # a send is under way: that keeps the link alive
-            return
-        async with self._send_lock:
-            # Shielded: a ping abandoned half way would leave the frame stream
-            # out of step.  Bounded by the idle deadline all the same.
-            with trio.CancelScope(shield=True, deadline=self._last_rx + self._idle_timeout) as cs:
-                try:
-                    await self._stream.send_all(self._encoder.ping())
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-                    self._break(e)
-            if cs.cancelled_caught:
-                self._break(trio.BrokenResourceError("idle timeout while sending a keepalive"))
-            if self._broken is not None:
-                raise self._broken_error(str(self._broken)) from self._broken
-            self._last_tx = trio.current_time()
-
-    # -- close ---------------------------------------------------------------------------
-
-    async def aclose(self) -> None:
-        """Close the link: send the authenticated CLOSE frame if possible, close
-        the socket.  Idempotent; never raises for a broken connection."""
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
-        try:
-            if (
-                self._broken is None
-                and not self._remote_closed
-                and not self._send_lock.locked()
-                and self._stream.socket.fileno() != -1
-            ):
-                with trio.move_on_after(self._close_timeout):
-                    async with self._send_lock:
-                        with contextlib.suppress(
-                            trio.BrokenResourceError, trio.ClosedResourceError
-                        ):
-                            await self._stream.send_all(self._encoder.close())
-        finally:
+        with trio.CancelScope(shield=True, deadline=self._last_rx + self._idle_timeout) as cs:
             try:
-                await self._stream.aclose()
-            finally:
-                if self._on_close is not None:
-                    self._on_close()
-                    self._on_close = None
+                await self._stream.send_all(self._encoder.ping())
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                self._break(e)
+        if cs.cancelled_caught:
+            self._break(trio.BrokenResourceError("idle timeout while sending a keepalive"))
+        if self._broken is not None:
+            raise self._broken_error(str(self._broken)) from self._broken
 
-    def abort(self) -> None:
-        """Cut the connection at once, without a close frame (TCP reset).
+    def _carrier_open(self) -> bool:
+        return self._stream.socket.fileno() != -1
 
-        For cutting off a misbehaving peer, and for tests that simulate a
-        crash: the remote sees :class:`trio.BrokenResourceError`.  The link
-        counts as closed here.
-        """
-        self._closed = True
-        self._abort_socket()
-        if self._on_close is not None:
-            self._on_close()
-            self._on_close = None
+    async def _send_close(self) -> None:
+        with trio.move_on_after(self._close_timeout):
+            async with self._send_lock:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._stream.send_all(self._encoder.close())
+
+    async def _close_carrier(self) -> None:
+        await self._stream.aclose()
 
 
 # -- the transport -------------------------------------------------------------------
 
 
-class TcpTransport(Transport):
+class TcpTransport(SecureTransport):
     """Links over TCP for one identity in one network (federation).
 
     ``listen`` is the address :meth:`serve` binds (port 0: any free port);
@@ -521,41 +291,24 @@ class TcpTransport(Transport):
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         parse_tcp_address(listen)  # validate early
-        if max_message <= 0:
-            raise ValueError("max_message must be positive")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError("idle_timeout must be positive or None")
-        self._identity = identity
-        self._network_id = network_id.encode() if isinstance(network_id, str) else network_id
+        super().__init__(
+            identity,
+            network_id,
+            max_message=max_message,
+            max_frame=max_frame,
+            handshake_timeout=handshake_timeout,
+            idle_timeout=idle_timeout,
+            close_timeout=close_timeout,
+            max_pending_handshakes=max_pending_handshakes,
+            cipher_suites=cipher_suites,
+            rng=rng,
+        )
         self._listen = listen
-        self.max_message = max_message
-        self._max_frame = max_frame
-        self.handshake_timeout = handshake_timeout
-        self._idle_timeout = idle_timeout
-        self._close_timeout = close_timeout
-        self._max_pending = max_pending_handshakes
-        self._rng = rng
-        self._suites = cipher_suites
-        self._accepted = 0
-        self._connected = 0
-        self._open = 0
-        self._pending = 0
-        self._failures: Counter[str] = Counter()
         #: The address :meth:`serve` announced, once it is serving.
         self.address: str | None = None
 
-    @property
-    def local_peer(self) -> PeerId:
-        return self._identity.peer_id
-
     def statistics(self) -> TcpTransportStatistics:
-        return TcpTransportStatistics(
-            links_accepted=self._accepted,
-            links_connected=self._connected,
-            links_open=self._open,
-            handshakes_in_progress=self._pending,
-            handshake_failures=MappingProxyType(dict(self._failures)),
-        )
+        return TcpTransportStatistics(*self._link_counts())
 
     # -- connect ---------------------------------------------------------------------
 
@@ -571,16 +324,7 @@ class TcpTransport(Transport):
         host, port, expected = parse_tcp_address(address)
         stream = await trio.open_tcp_stream(host, port)
         try:
-            hs = Handshake(
-                Role.INITIATOR,
-                self._identity,
-                self._network_id,
-                now=trio.current_time(),
-                timeout=self.handshake_timeout,
-                expected_peer=expected,
-                suites=self._suites,
-                rng=self._rng,
-            )
+            hs = self._new_handshake(Role.INITIATOR, expected)
             session = await self._run_handshake(stream, hs)
         except HandshakeError as e:
             self._failures[e.reason.name.lower()] += 1
@@ -631,15 +375,7 @@ class TcpTransport(Transport):
             return
         self._pending += 1
         try:
-            hs = Handshake(
-                Role.RESPONDER,
-                self._identity,
-                self._network_id,
-                now=trio.current_time(),
-                timeout=self.handshake_timeout,
-                suites=self._suites,
-                rng=self._rng,
-            )
+            hs = self._new_handshake(Role.RESPONDER)
             try:
                 session = await self._run_handshake(stream, hs)
             except HandshakeError as e:
@@ -649,25 +385,14 @@ class TcpTransport(Transport):
                 return
         finally:
             self._pending -= 1
-        self._accepted += 1
-        link = self._make_link(stream, session, hs.trailing_data, peer_addr)
-        try:
-            await handler(link)
-        except (trio.BrokenResourceError, trio.EndOfChannel, RemoteProtocolError) as e:
-            log.info("link %r ended: %r", link, e)
-        finally:
-            await link.aclose()
+        await self._serve_link(self._make_link(stream, session, hs.trailing_data, peer_addr),
+                               handler)
 
     # -- shared ---------------------------------------------------------------------------
 
     def _make_link(
         self, stream: trio.SocketStream, session: HandshakeComplete, trailing: bytes, address: str
     ) -> TcpLink:
-        self._open += 1
-
-        def on_close() -> None:
-            self._open -= 1
-
         return TcpLink(
             stream,
             self.local_peer,
@@ -678,7 +403,7 @@ class TcpTransport(Transport):
             idle_timeout=self._idle_timeout,
             close_timeout=self._close_timeout,
             remote_address=address,
-            on_close=on_close,
+            on_close=self._count_open_link(),
         )
 
     async def _run_handshake(self, stream: trio.SocketStream, hs: Handshake) -> HandshakeComplete:

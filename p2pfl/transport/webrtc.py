@@ -71,10 +71,9 @@ import logging
 import math
 import os
 import time
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import trio
 
@@ -82,10 +81,11 @@ from p2pfl.errors import RemoteProtocolError
 from p2pfl.identity import Identity, Signed, seal, verify_signature
 from p2pfl.wire import PeerId, decode, decode_as, encode
 
-from ._base import DEFAULT_MAX_MESSAGE, Link, LinkHandler, LinkStatistics, Transport
-from ._framing import DEFAULT_MAX_FRAME, FRAME_OVERHEAD, CipherSuite, FrameDecoder, FrameEncoder
+from ._base import DEFAULT_MAX_MESSAGE, LinkHandler
+from ._framing import DEFAULT_MAX_FRAME, FRAME_OVERHEAD, CipherSuite
 from ._handshake import FailureReason, Handshake, HandshakeComplete, HandshakeError, Role
 from ._handshake import network_tag as _network_tag
+from ._secure_link import SecureLink, SecureTransport
 from ._signaling import (
     _SEEN_SESSIONS,
     DEFAULT_IDLE_TIMEOUT,
@@ -138,136 +138,51 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class WebRtcLink(Link):
+class WebRtcLink(SecureLink[ChannelStream]):
     """An authenticated, encrypted message link over one WebRTC data channel.
 
     Made by :class:`WebRtcTransport`; same semantics as
-    :class:`~p2pfl.transport.tcp.TcpLink` (see the module docstrings).
+    :class:`~p2pfl.transport.tcp.TcpLink` (see the module docstrings; the
+    shared part is :mod:`._secure_link`).
     """
-
-    def __init__(
-        self,
-        stream: ChannelStream,
-        local_peer: PeerId,
-        session: HandshakeComplete,
-        *,
-        initial_data: bytes,
-        max_message: int,
-        max_frame: int,
-        idle_timeout: float | None,
-        close_timeout: float,
-        on_close: Callable[[], None] | None = None,
-    ) -> None:
-        self._stream = stream
-        self._local = local_peer
-        self._remote = session.remote_peer
-        self.remote_public_key = session.remote_public_key
-        #: BLAKE2b-512 of the handshake transcript, equal on both ends.
-        self.channel_binding = session.transcript_hash
-        self.remote_address = format_webrtc_address(session.remote_peer)
-        self._max_message = max_message
-        #: The frame AEAD the handshake negotiated.
-        self.cipher_suite = session.suite
-        self._encoder = FrameEncoder(session.send_key, suite=session.suite, max_frame=max_frame)
-        self._decoder = FrameDecoder(session.receive_key, suite=session.suite,
-                                     max_frame=max_frame, max_message=max_message)
-        self._initial = initial_data
-        self._idle_timeout = idle_timeout
-        self._close_timeout = close_timeout
-        self._on_close = on_close
-        self._send_lock = trio.Lock()
-        self._pending: deque[bytes] = deque()
-        self._receiving = False
-        self._closed = False
-        self._remote_closed = False
-        self._broken: BaseException | None = None
-        self._last_rx = self._last_tx = trio.current_time()
-        self._messages_sent = self._messages_received = 0
-        self._bytes_sent = self._bytes_received = 0
-
-    @property
-    def local_peer(self) -> PeerId:
-        return self._local
-
-    @property
-    def remote_peer(self) -> PeerId:
-        return self._remote
-
-    @property
-    def max_message(self) -> int:
-        return self._max_message
-
-    def statistics(self) -> LinkStatistics:
-        return LinkStatistics(self._messages_sent, self._messages_received,
-                              self._bytes_sent, self._bytes_received)
 
     def __repr__(self) -> str:
         return f"<WebRtcLink {self._local.short()} -> {self._remote.short()}>"
 
-    # -- state ------------------------------------------------------------------------
+    # -- the carrier: one data channel (a flow-controlled ChannelStream) -----------------
 
-    def _broken_error(self, what: str) -> trio.BrokenResourceError:
-        return trio.BrokenResourceError(f"link to {self._remote.short()} is broken: {what}")
-
-    def _break(self, cause: BaseException) -> None:
-        """Mark the link broken and drop the peer connection (no close frame)."""
-        if self._broken is None:
-            self._broken = cause
-        self._abort_channel()
-
-    def _abort_channel(self) -> None:
+    def _abort_carrier(self) -> None:
         assert self._stream.channel is not None
         self._stream.channel.abort()
         self._stream.notify()
 
-    def _protocol_failure(self, e: RemoteProtocolError) -> None:
-        e.peer = self._remote
-        log.info("cutting off %s: %s", self._remote, e)
-        self._break(e)
-        raise self._broken_error(f"invalid data from the remote: {e}") from e
+    def _check_carrier(self, sending: bool) -> None:
+        stream = self._stream
+        if stream.error is not None:
+            self._protocol_failure(stream.error)
+        if sending and not self._remote_closed and stream.eof is not None:
+            raise self._broken_error(f"the data channel ended ({stream.eof})")
 
-    def _raise_if_unusable(self, sending: bool) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("link was closed")
-        if self._broken is not None:
-            raise self._broken_error(str(self._broken)) from self._broken
-        if self._stream.error is not None:
-            self._protocol_failure(self._stream.error)
-        if sending and self._remote_closed:
-            raise trio.BrokenResourceError(f"{self._remote.short()} closed the link")
-        if sending and self._stream.eof is not None:
-            raise self._broken_error(f"the data channel ended ({self._stream.eof})")
-
-    # -- send ---------------------------------------------------------------------------
-
-    async def send(self, value: bytes | bytearray | memoryview) -> None:
-        """Send one message (any bytes-like object up to ``max_message`` bytes).
-
-        Waits while the link is back-pressured (the remote's receive window is
-        full, or our send buffer is).  Raises :class:`ValueError` for an
-        oversized message (nothing is sent), :class:`trio.ClosedResourceError`
-        after ``aclose`` and :class:`trio.BrokenResourceError` when the remote
-        closed the link or the connection broke.  A send cancelled part way
-        through a message breaks the link.
-        """
-        size = memoryview(value).nbytes
-        if self._closed:
-            raise trio.ClosedResourceError("link was closed")
-        if size > self._max_message:
-            raise ValueError(f"message of {size} bytes exceeds max_message={self._max_message}")
+    async def _write_message(self, value: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint()
-        async with self._send_lock:
-            await self._wait_budget()  # cancelling here is harmless: nothing sent yet
-            try:
-                await self._write_frames(value)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise
-            except BaseException as e:
-                self._break(e)
-                raise
-            self._last_tx = trio.current_time()
-            self._messages_sent += 1
-            self._bytes_sent += size
+        await self._wait_budget()  # cancelling here is harmless: nothing sent yet
+        stream = self._stream
+        try:
+            for frame in self._encoder.frames(value):
+                with memoryview(frame) as view:
+                    pos, n = 0, len(view)
+                    while pos < n:
+                        budget = stream.send_budget()
+                        if budget <= 0 or self._closed:
+                            budget = await self._wait_budget()
+                        take = min(budget, n - pos)
+                        stream.write_nowait(view[pos : pos + take])
+                        pos += take
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise
+        except BaseException as e:
+            self._break(e)
+            raise
 
     async def _wait_budget(self) -> int:
         stream = self._stream
@@ -278,163 +193,71 @@ class WebRtcLink(Link):
                 return budget
             await stream.wait_changed()
 
-    async def _write_frames(self, value: bytes | bytearray | memoryview) -> None:
-        stream = self._stream
-        for frame in self._encoder.frames(value):
-            with memoryview(frame) as view:
-                pos, n = 0, len(view)
-                while pos < n:
-                    budget = stream.send_budget()
-                    if budget <= 0 or self._closed:
-                        budget = await self._wait_budget()
-                    take = min(budget, n - pos)
-                    stream.write_nowait(view[pos : pos + take])
-                    pos += take
-
-    # -- receive ---------------------------------------------------------------------------
-
-    async def receive(self) -> bytes:
-        """The next whole message.
-
-        Raises :class:`trio.EndOfChannel` once the remote closed cleanly (after
-        every earlier message), :class:`trio.BrokenResourceError` when the
-        channel ended without a close frame, timed out or carried invalid
-        frames, :class:`trio.ClosedResourceError` after ``aclose`` and
-        :class:`trio.BusyResourceError` when another task is receiving.
-        """
-        if self._closed:
-            raise trio.ClosedResourceError("link was closed")
-        if not self._pending:
-            if self._remote_closed:
-                await trio.lowlevel.checkpoint()
-                raise trio.EndOfChannel(f"{self._remote.short()} closed the link")
-            self._raise_if_unusable(sending=False)
-            if self._receiving:
-                raise trio.BusyResourceError("another task is already receiving on this link")
-            self._receiving = True
-            try:
-                await self._fill()
-            finally:
-                self._receiving = False
-        await trio.lowlevel.checkpoint()
-        if self._closed:
-            raise trio.ClosedResourceError("link was closed")
-        if not self._pending:
-            raise trio.EndOfChannel(f"{self._remote.short()} closed the link")
-        msg = self._pending.popleft()
-        self._messages_received += 1
-        self._bytes_received += len(msg)
-        return msg
-
-    def _feed(self, data: bytes) -> None:
-        try:
-            self._pending.extend(self._decoder.feed(data))
-        except RemoteProtocolError as e:
-            self._protocol_failure(e)
-        if self._decoder.closed:
-            self._remote_closed = True
-
     async def _fill(self) -> None:
         """Decode until at least one message is pending or the remote closed."""
-        if self._initial:
-            data, self._initial = self._initial, b""
-            self._feed(data)
-            if self._pending or self._remote_closed:
-                return
+        if self._feed_initial():
+            return
         stream = self._stream
         while True:
             chunk = stream.read_nowait()
             if chunk is not None:
                 self._last_rx = trio.current_time()
-                self._feed(chunk)
-                if self._pending or self._remote_closed:
+                if self._feed(chunk):
                     return
                 continue
             self._raise_if_unusable(sending=False)
             if stream.eof is not None:
-                self._on_eof(stream.eof)
+                self._on_eof(
+                    f"{self._remote.short()}'s data channel ended without a close frame "
+                    f"(crash or network failure: {stream.eof})",
+                    "channel ended without a close frame",
+                )
                 return
-            idle = self._idle_timeout
-            deadline = math.inf if idle is None else min(self._last_rx + idle,
-                                                         self._last_tx + idle / 3)
-            with trio.move_on_at(deadline) as scope:
+            with trio.move_on_at(self._next_deadline()) as scope:
                 await stream.wait_changed()
             if scope.cancelled_caught:
                 await self._on_idle()
 
-    def _on_eof(self, reason: str) -> None:
-        try:
-            clean = self._decoder.feed_eof()
-        except RemoteProtocolError as e:
-            self._protocol_failure(e)
-        if clean:
-            self._remote_closed = True
-            return
-        err = trio.BrokenResourceError(
-            f"{self._remote.short()}'s data channel ended without a close frame "
-            f"(crash or network failure: {reason})"
-        )
-        self._break(err)
-        raise self._broken_error("channel ended without a close frame") from err
+    async def _settle(self) -> None:
+        # read_nowait may have handed over data without a cancel point.
+        await trio.lowlevel.checkpoint()
+        if self._closed:
+            raise trio.ClosedResourceError("link was closed")
 
-    async def _on_idle(self) -> None:
-        """A receive deadline passed: time out the link or send a keepalive."""
-        assert self._idle_timeout is not None
-        now = trio.current_time()
-        if now >= self._last_rx + self._idle_timeout:
-            err = trio.BrokenResourceError(f"idle timeout: nothing received for "
-                                           f"{self._idle_timeout} s")
-            self._break(err)
-            raise self._broken_error(str(err)) from err
-        if self._send_lock.locked() or self._stream.send_budget() < FRAME_OVERHEAD:
-            self._last_tx = now  # a send is under way (or blocked): no ping needed
-            return
-        async with self._send_lock:
-            self._raise_if_unusable(sending=True)
-            self._stream.write_nowait(self._encoder.ping())
-            self._last_tx = trio.current_time()
+    def _can_ping(self) -> bool:
+        return self._stream.send_budget() >= FRAME_OVERHEAD
 
-    # -- close ---------------------------------------------------------------------------
+    async def _write_ping(self) -> None:
+        self._raise_if_unusable(sending=True)
+        self._stream.write_nowait(self._encoder.ping())
 
     async def aclose(self) -> None:
         """Close the link: send the authenticated CLOSE frame and close the data
         channel gracefully (everything queued is delivered first, bounded by
         ``close_timeout``), then the peer connection.  Idempotent; never raises
         for a broken connection."""
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
+        if not self._closed:
+            # Wake blocked senders and receivers: they run after aclose's first
+            # checkpoint, when the link is marked closed (ClosedResourceError).
+            self._stream.notify()
+        await super().aclose()
+
+    def _carrier_open(self) -> bool:
+        return self._stream.eof is None and self._stream.error is None
+
+    async def _send_close(self) -> None:
         stream = self._stream
         assert stream.channel is not None
-        stream.notify()  # wake blocked senders and receivers: ClosedResourceError
-        try:
-            if (self._broken is None and not self._remote_closed and stream.eof is None
-                    and stream.error is None and not self._send_lock.locked()):
-                stream.write_nowait(self._encoder.close(), metered=False)
-                stream.channel.close_channel()
-                with trio.move_on_after(self._close_timeout):
-                    while stream.eof is None:
-                        await stream.wait_changed()
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
-                await stream.channel.aclose()
-            if self._on_close is not None:
-                self._on_close()
-                self._on_close = None
+        stream.write_nowait(self._encoder.close(), metered=False)
+        stream.channel.close_channel()
+        with trio.move_on_after(self._close_timeout):
+            while stream.eof is None:
+                await stream.wait_changed()
 
-    def abort(self) -> None:
-        """Drop the peer connection at once, without a close frame.
-
-        For cutting off a misbehaving peer, and for tests that simulate a
-        crash: the remote sees :class:`trio.BrokenResourceError`.  The link
-        counts as closed here.
-        """
-        self._closed = True
-        self._abort_channel()
-        if self._on_close is not None:
-            self._on_close()
-            self._on_close = None
+    async def _close_carrier(self) -> None:
+        assert self._stream.channel is not None
+        with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
+            await self._stream.channel.aclose()
 
 
 # -- the transport -------------------------------------------------------------------------
@@ -472,7 +295,7 @@ class _PendingConnect:
         self.result: SignalAnswer | SignalReject | Undeliverable | None = None
 
 
-class WebRtcTransport(Transport):
+class WebRtcTransport(SecureTransport):
     """Links over WebRTC data channels for one identity in one network.
 
     ``signaling`` carries offers and answers (see :class:`Signaling`).
@@ -511,34 +334,25 @@ class WebRtcTransport(Transport):
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        if max_message <= 0:
-            raise ValueError("max_message must be positive")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError("idle_timeout must be positive or None")
+        super().__init__(identity, network_id, max_message=max_message, max_frame=max_frame,
+                         handshake_timeout=handshake_timeout, idle_timeout=idle_timeout,
+                         close_timeout=close_timeout,
+                         max_pending_handshakes=max_pending_handshakes,
+                         cipher_suites=cipher_suites, rng=rng)
         servers = tuple(s if isinstance(s, IceServer) else IceServer((s,)) for s in ice_servers)
         self._options = RtcOptions(
             ice_servers=servers,
             host_addresses=None if host_addresses is None else tuple(host_addresses),
             buffered_low=max(send_buffer // 4, 16 * 1024),
         )
-        self._identity = identity
-        self._network_id = network_id.encode() if isinstance(network_id, str) else network_id
         self._tag = _network_tag(self._network_id)
         self._signaling = signaling
-        self.max_message = max_message
-        self._max_frame = max_frame
         self.connect_timeout = connect_timeout
-        self.handshake_timeout = handshake_timeout
-        self._idle_timeout = idle_timeout
-        self._close_timeout = close_timeout
-        self._max_pending = max_pending_handshakes
         self._receive_window = receive_window
         self._send_buffer = send_buffer
         ChannelStream(receive_window=receive_window, send_buffer=send_buffer)  # validate
         self._max_skew = max_clock_skew
-        self._suites = cipher_suites
         self._clock = clock
-        self._rng = rng
         # signaling router (see the module docstring)
         self._reading = False
         self._router_changed = trio.Event()
@@ -546,26 +360,12 @@ class WebRtcTransport(Transport):
         self._offers: deque[tuple[PeerId, SignalOffer]] | None = None
         self._signaling_error: BaseException | None = None
         self._seen: OrderedDict[tuple[PeerId, bytes], None] = OrderedDict()
-        # counters
-        self._accepted = self._connected = self._open = self._pending = 0
         self._sig_received = self._sig_dropped = 0
-        self._failures: Counter[str] = Counter()
         self.address = format_webrtc_address(identity.peer_id)
 
-    @property
-    def local_peer(self) -> PeerId:
-        return self._identity.peer_id
-
     def statistics(self) -> WebRtcTransportStatistics:
-        return WebRtcTransportStatistics(
-            links_accepted=self._accepted,
-            links_connected=self._connected,
-            links_open=self._open,
-            handshakes_in_progress=self._pending,
-            handshake_failures=MappingProxyType(dict(self._failures)),
-            signaling_received=self._sig_received,
-            signaling_dropped=self._sig_dropped,
-        )
+        return WebRtcTransportStatistics(*self._link_counts(), signaling_received=self._sig_received,
+                                         signaling_dropped=self._sig_dropped)
 
     # -- signaling ----------------------------------------------------------------------
 
@@ -727,9 +527,7 @@ class WebRtcTransport(Transport):
                 raise
             finally:
                 del self._connects[session]
-            hs = Handshake(Role.INITIATOR, self._identity, self._network_id,
-                           now=trio.current_time(), timeout=self.handshake_timeout,
-                           expected_peer=target, suites=self._suites, rng=self._rng)
+            hs = self._new_handshake(Role.INITIATOR, target)
             done = await self._run_handshake(stream, hs)
         except HandshakeError as e:
             reason = e.remote_reason if e.remote_reason is not None else e.reason
@@ -819,9 +617,7 @@ class WebRtcTransport(Transport):
                     await self._send_signal(
                         signer, SignalAnswer(self._tag, offer.session, signer, self._clock(), sdp))
                     await stream.wait_open()
-                hs = Handshake(Role.RESPONDER, self._identity, self._network_id,
-                               now=trio.current_time(), timeout=self.handshake_timeout,
-                               suites=self._suites, rng=self._rng)
+                hs = self._new_handshake(Role.RESPONDER)
                 done = await self._run_handshake(stream, hs)
                 if done.remote_peer != signer:
                     raise HandshakeError(
@@ -841,14 +637,7 @@ class WebRtcTransport(Transport):
                 raise
         finally:
             self._pending -= 1
-        self._accepted += 1
-        link = self._make_link(stream, done, hs.trailing_data)
-        try:
-            await handler(link)
-        except (trio.BrokenResourceError, trio.EndOfChannel, RemoteProtocolError) as e:
-            log.info("link %r ended: %r", link, e)
-        finally:
-            await link.aclose()
+        await self._serve_link(self._make_link(stream, done, hs.trailing_data), handler)
 
     # -- shared ------------------------------------------------------------------------------------
 
@@ -871,15 +660,11 @@ class WebRtcTransport(Transport):
 
     def _make_link(self, stream: ChannelStream, session: HandshakeComplete,
                    trailing: bytes) -> WebRtcLink:
-        self._open += 1
-
-        def on_close() -> None:
-            self._open -= 1
-
         return WebRtcLink(stream, self.local_peer, session, initial_data=trailing,
                           max_message=self.max_message, max_frame=self._max_frame,
                           idle_timeout=self._idle_timeout, close_timeout=self._close_timeout,
-                          on_close=on_close)
+                          remote_address=format_webrtc_address(session.remote_peer),
+                          on_close=self._count_open_link())
 
     async def _run_handshake(self, stream: ChannelStream, hs: Handshake) -> HandshakeComplete:
         """Drive ``hs`` over ``stream`` until it completes, fails or times out.
