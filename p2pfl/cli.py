@@ -39,6 +39,57 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(message=args.message)
 
 
+def _cmd_sim(args: argparse.Namespace) -> int:
+    from p2pfl.sim import DEFAULT_SECURE, SimConfig, run_simulation
+
+    secure = DEFAULT_SECURE if args.secure is None else args.secure
+    if args.secure is None and not secure and not args.quiet:
+        print("p2pfl sim: secure aggregation is not the default yet (its backend is being "
+              "integrated); running --plaintext", file=sys.stderr)
+    cfg = SimConfig(
+        peers=args.peers, rounds=args.rounds, dataset=args.dataset, partition=args.partition,
+        secure=secure, dropout=args.dropout, task=args.task, seed=args.seed, out=Path(args.out),
+        quiet=args.quiet, transport=args.transport, model=args.model, strategy=args.strategy,
+        cohort=args.cohort, group_size=args.group_size, device=args.device,
+        reference=args.reference,
+    )
+    cfg.validate()
+    summary = run_simulation(cfg)
+    if not args.quiet:
+        _print_summary(summary.data, Path(args.out))
+    return 0
+
+
+def _print_summary(d: dict[str, object], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(v: object) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    bytes_mean = d["bytes_sent_mean"]
+    rows = [
+        ("peers / rounds", f"{d['peers']} / {d['rounds']}"),
+        ("aggregation", str(d["aggregation"])),
+        ("partition / dropout", f"{d['partition']} / {d['dropout']}"),
+        ("final accuracy", fmt(d["final_accuracy"])),
+        ("models agree", fmt(d["models_agree"])),
+        ("rounds completed", fmt(d["rounds_completed"])),
+        ("wall time", f"{d['wall_s']} s ({d['virtual_s']} s simulated)"),
+        ("bytes sent per peer (mean)",
+         f"{bytes_mean / 1e6:.2f} MB" if isinstance(bytes_mean, int | float) else "-"),
+    ]
+    for k, v in dict(d.get("references") or {}).items():  # type: ignore[call-overload]
+        if not k.endswith("by_round"):
+            rows.append((k.replace("_", " "), fmt(v)))
+    table = Table(title="p2pfl sim", show_header=False)
+    for k, v in rows:
+        table.add_row(k, v)
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out / 'summary.json'}, {out / 'metrics.jsonl'}, {out / 'accuracy.png'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2pfl",
@@ -64,6 +115,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--message", default="hello from p2pfl", help="text the peers exchange")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "sim",
+        help="simulate a whole federation in one process (memory network, virtual time)",
+        description=(
+            "Run N peers in one process over the in-memory network under a virtual clock: "
+            "real overlay, rounds and aggregation; writes DIR/summary.json, "
+            "DIR/metrics.jsonl and plots. See docs/simulation.md."
+        ),
+    )
+    p.add_argument("--peers", type=int, default=10, help="number of peers (default 10)")
+    p.add_argument("--rounds", type=int, default=20, help="federated rounds (default 20)")
+    p.add_argument("--dataset", default="digits", help="built-in data set (digits)")
+    p.add_argument("--partition", default="iid",
+                   help="iid | dirichlet:A (label skew) | quantity:A (default iid)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--secure", dest="secure", action="store_true", default=None,
+                      help="secure aggregation (Shamir MPC; the default)")
+    mode.add_argument("--plaintext", dest="secure", action="store_false",
+                      help="plaintext aggregation (baseline, no privacy)")
+    p.add_argument("--dropout", type=float, default=0.0,
+                   help="fraction F of each round's cohort that crashes mid-round (default 0)")
+    p.add_argument("--task", default=None, metavar="MODULE:FUNCTION",
+                   help="a user task factory instead of the built-in data set")
+    p.add_argument("--model", default="mlp", choices=["mlp", "cnn"], help="digits model")
+    p.add_argument("--strategy", default="fedavg",
+                   help="fedavg | fedprox | fedadam | fedyogi (default fedavg)")
+    p.add_argument("--cohort", type=int, default=None, help="peers per round (default: all)")
+    p.add_argument("--group-size", type=int, default=10, help="aggregation group size g")
+    p.add_argument("--transport", default="memory", choices=["memory", "tcp"],
+                   help="memory (one process); tcp is not implemented yet")
+    p.add_argument("--device", default="cpu", help="training device: cpu | cuda | auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of keys, data split, dropouts")
+    p.add_argument("--reference", action="store_true",
+                   help="also run centralized training (and plaintext, for secure runs)")
+    p.add_argument("--out", default="runs/sim", metavar="DIR", help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+    p.set_defaults(func=_cmd_sim)
     return parser
 
 

@@ -146,6 +146,12 @@ def group_config(ctx: AggregationContext) -> GroupConfig:
         dim=ctx.dim + EXTRA_COORDS,
         aggregators=tuple(members.index(a) for a in ctx.group.aggregators),
         k=k if k > 0 else None,
+        # Members wait for every aggregator's announcement until the consistency
+        # deadline; past it, one suffices when the threshold is a strict majority:
+        # two different survivor sets can then not both collect t member
+        # signatures from honest members (each signs once), so a dead replica
+        # no longer aborts the group.
+        quorum=1 if 2 * ctx.threshold > len(members) else None,
         timeouts=Timeouts(keys=keys, shares=shares, masked=window - keys - shares,
                           consistency=stage, unmask=stage, grace=stage / 2),
     )
