@@ -60,6 +60,20 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_node(args: argparse.Namespace) -> int:
+    import logging
+
+    import trio
+
+    from p2pfl.node import load_node_config, run_node
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_node_config(args.config)
+    trio.run(run_node, cfg)
+    return 0
+
+
 def _print_summary(d: dict[str, object], out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -153,6 +167,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/sim", metavar="DIR", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     p.set_defaults(func=_cmd_sim)
+
+    p = sub.add_parser(
+        "node",
+        help="run one peer over TCP from a peer config (until Ctrl-C / SIGTERM)",
+        description=(
+            "Run one federated-learning peer: identity from its key file, model and round "
+            "from its checkpoint directory when there is one; logs one status line per "
+            "round and writes status_file. See docs/operator.md for the config keys."
+        ),
+    )
+    p.add_argument("--config", required=True, metavar="PEER.TOML", help="peer config file")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="log level (default info)")
+    p.set_defaults(func=_cmd_node)
     return parser
 
 

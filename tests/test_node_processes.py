@@ -1,0 +1,208 @@
+"""Five ``p2pfl node`` processes over loopback TCP, secure aggregation: SIGKILL one
+mid-training, restart it with the same config; it catches up (model hash equal to the
+others' within two rounds) with its key file and checkpoint intact."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pfl.federation import load_checkpoint, load_federation
+from p2pfl.identity import Identity
+from p2pfl.peer import checkpoint_path
+
+N = 5
+VICTIM = 3
+DEADLINE = 110.0  # the whole test, seconds
+
+FEDERATION = """\
+name = "node-processes"
+task = "digits-mlp"
+seed = 0
+secure = true
+
+[training]
+epochs = 1
+batch_size = 32
+lr = 0.05
+momentum = 0.9
+weight_decay = 0.0
+
+[update]
+clip_norm = 10.0
+sample_cap = 300
+
+[cohort]
+size = 5
+group_size = 5
+min_group_size = 3
+aggregators = 2
+
+[secagg]
+threshold = 0.6
+
+[timeouts]
+train = 4.0
+stage = 1.5
+sign = 1.5
+failover = 1.5
+round = 18.0
+
+[membership]
+policy = "permissioned"
+members = [{members}]
+"""
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _cli(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "p2pfl", *args], capture_output=True, text=True,
+                         timeout=60, check=True)
+    return out.stdout.strip()
+
+
+def _status(path: Path) -> dict[str, Any] | None:
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc
+
+
+def _wait(what: str, cond: Callable[[], bool], until: float, procs: list[subprocess.Popen[bytes]],
+          alive: set[int]) -> None:
+    while not cond():
+        for i in alive:
+            if procs[i].poll() is not None:
+                raise AssertionError(f"node {i} exited with {procs[i].returncode} while waiting "
+                                     f"for {what}")
+        if time.monotonic() > until:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_kill_and_restart_a_node_process(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    until = t0 + DEADLINE
+    keys = [tmp_path / f"p{i}.key" for i in range(N)]
+    for k in keys:
+        _cli("keygen", str(k))
+    idents = [Identity.load(k) for k in keys]
+    members = ", ".join(f'"{i.public_key.hex()}"' for i in idents)
+    (tmp_path / "federation.toml").write_text(FEDERATION.format(members=members))
+    fed = load_federation(tmp_path / "federation.toml")
+    ports = _free_ports(N)
+    addrs = [f"tcp:127.0.0.1:{p}" for p in ports]
+    configs, statuses = [], []
+    for i in range(N):
+        boot = ", ".join(f'"{a}"' for j, a in enumerate(addrs) if j != i)
+        cfg = tmp_path / f"p{i}.toml"
+        cfg.write_text(
+            f'key = "p{i}.key"\nfederation = "federation.toml"\nlisten = "{addrs[i]}"\n'
+            f"bootstrap = [{boot}]\ncheckpoint_dir = \"state{i}\"\ndevice = \"cpu\"\n"
+            f'status_file = "status{i}.json"\nwarmup = 1.0\n\n'
+            f'[task]\nname = "digits"\npeer_index = {i}\nn_peers = {N}\nseed = 0\n'
+        )
+        configs.append(cfg)
+        statuses.append(tmp_path / f"status{i}.json")
+    key_bytes = keys[VICTIM].read_bytes()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        log = (tmp_path / f"p{i}.log").open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "p2pfl", "node", "--config", str(configs[i])],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+
+    def rnd(i: int) -> int:
+        s = _status(statuses[i])
+        return -1 if s is None else int(s["round"])
+
+    def hist(i: int) -> dict[int, str]:
+        s = _status(statuses[i])
+        return {} if s is None else {int(r): h for r, h in s["history"].items()}
+
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs = [start(i) for i in range(N)]
+        alive = set(range(N))
+        _wait("round 2 everywhere", lambda: all(rnd(i) >= 2 for i in range(N)), until, procs, alive)
+        # mid-round: just after the victim started a new round (training or aggregating)
+        r_kill = rnd(VICTIM)
+        _wait("the next round", lambda: rnd(VICTIM) > r_kill, until, procs, alive)
+        time.sleep(0.3)
+        r_kill = rnd(VICTIM)  # the round it was running (status: rounds completed)
+        procs[VICTIM].send_signal(signal.SIGKILL)
+        procs[VICTIM].wait(10)
+        alive.discard(VICTIM)
+        others = sorted(alive)
+        r_dead = max(rnd(i) for i in others)
+        _wait("two rounds without the victim", lambda: min(rnd(i) for i in others) >= r_dead + 2,
+              until, procs, alive)
+
+        assert keys[VICTIM].read_bytes() == key_bytes
+        assert stat.S_IMODE(keys[VICTIM].stat().st_mode) == 0o600
+        saved = load_checkpoint(checkpoint_path(tmp_path / f"state{VICTIM}", fed), fed)
+        assert saved.round >= 2
+
+        statuses[VICTIM].unlink()
+        procs[VICTIM] = start(VICTIM)
+        alive.add(VICTIM)
+        _wait("the restarted node's first status", lambda: rnd(VICTIM) >= 0, until, procs, alive)
+        r_back = max(rnd(i) for i in others)
+        resumed = min(hist(VICTIM))
+        assert resumed >= saved.round  # resumed from its checkpoint, not from round 0
+
+        def agreed() -> int | None:
+            mine = hist(VICTIM)
+            theirs = [hist(i) for i in others]
+            same = [r for r, h in mine.items()  # a round it completed after coming back
+                    if r > resumed and r >= r_back and all(t.get(r) == h for t in theirs)]
+            return min(same) if same else None
+
+        _wait("the restarted node to agree", lambda: agreed() is not None, until, procs, alive)
+        r_match = agreed()
+        assert r_match is not None
+        r_now = max(rnd(i) for i in others)
+        print(f"\nkilled in round {r_kill}, others at {r_back} when it came back, resumed from "
+              f"{resumed}, first equal hash at round {r_match} "
+              f"(others at {r_now} then), {time.monotonic() - t0:.1f} s")
+        assert r_match <= r_back + 2, "not caught up within two rounds"
+        assert keys[VICTIM].read_bytes() == key_bytes
+        assert stat.S_IMODE(keys[VICTIM].stat().st_mode) == 0o600
+        assert load_checkpoint(checkpoint_path(tmp_path / f"state{VICTIM}", fed), fed).round >= resumed
+        for i in range(N):
+            assert procs[i].poll() is None, f"node {i} died"
+        # clean shutdown on SIGTERM
+        procs[0].send_signal(signal.SIGTERM)
+        assert procs[0].wait(15) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(10)
