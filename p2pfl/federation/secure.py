@@ -27,12 +27,14 @@ from the plaintext backend:
   that ``group size · 2**kw < 2**32``, then ``n`` in three 16-bit limbs (``n`` is
   capped at ``2**48 - 1``).  So ``Σ w`` and ``Σ n`` over the *included* set come out
   of the protocol itself, like the sum: no member reports totals that others trust.
-* **Deadlines** come from the federation: keys and shares ``timeouts.stage`` each,
+* **Deadlines** come from the federation: keys and shares ``max(stage, train / 3)``
+  each (peers start a round when *they* learn the previous outcome, seconds apart),
   masked inputs until ``ctx.input_deadline`` (``start + train``), then consistency
-  and unmasking ``stage`` each, with a grace of ``stage / 2`` for members waiting on
-  aggregators.  Every aggregator must announce the same sets before members reveal
-  (``GroupConfig.quorum`` = all, so one honest aggregator suffices against
-  equivocation): losing either aggregator before unmasking aborts the group, while
+  and unmasking ``2.5 * stage`` each, with a grace of ``2 * stage`` for members
+  waiting on aggregators.  Members wait for every aggregator's announcement until the
+  consistency deadline, then accept one (``GroupConfig.quorum = 1``) when the
+  threshold is a strict majority: a dead replica does not abort the group, a primary
+  that dies before its stage-2 decisions does, while
   losing the primary after the output is covered by the replica, which unmasks on
   its own and publishes after the round's failover delay.
 * **Output.**  An aggregator's ``OutputReady`` becomes :class:`GroupSumReady`: the
@@ -135,9 +137,18 @@ def group_config(ctx: AggregationContext) -> GroupConfig:
     stage = t.stage
     window = ctx.input_deadline - ctx.start
     if window > 2 * stage:
-        keys = shares = stage
+        # peers start a round when *they* learn the previous one's outcome, so starts
+        # differ by seconds (gossip repair, a restarted peer's pull): a window of a
+        # third of the input window admits the keys of members that start late
+        keys = shares = max(stage, window / 3)
     else:  # a federation configured for plaintext: keep the masked window open
         keys = shares = window / 4
+    # ... and the grace covers an aggregator that starts late (members wait for its
+    # relays until their own window's close plus the grace). The post-input budget
+    # the federation guarantees is 5 * stage (config: timeouts.round), of which
+    # consistency and unmasking take 2.5 each; the grace must stay below them.
+    grace = 2 * stage
+    post = 2.5 * stage
     k = ctx.federation.secagg.neighbours
     return GroupConfig(
         context=ctx.context,
@@ -153,7 +164,7 @@ def group_config(ctx: AggregationContext) -> GroupConfig:
         # no longer aborts the group.
         quorum=1 if 2 * ctx.threshold > len(members) else None,
         timeouts=Timeouts(keys=keys, shares=shares, masked=window - keys - shares,
-                          consistency=stage, unmask=stage, grace=stage / 2),
+                          consistency=post, unmask=post, grace=grace),
     )
 
 

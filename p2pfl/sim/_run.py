@@ -57,6 +57,8 @@ __all__ = ["run_simulation"]
 
 STAGES = ("round_start", "submitted")
 _CRASH_DELAY = 1.0
+_WARMUP = 3.0
+_RESTART_WARMUP = 0.5
 
 
 @dataclass(eq=False)
@@ -136,8 +138,12 @@ class _Simulation:
         if node.index > 0 and "mem:p0" not in boot:
             boot = ("mem:p0", *boot)
         transport = self.net.transport(node.ident, self.fed.id, name=f"p{node.index}")
+        # a restarted peer knows its neighbours' addresses: it rejoins within a few
+        # latencies, so a long warm-up would only make it start the next round late
+        # (seconds behind its group, past the secure stages' grace)
+        warmup = _WARMUP if state is None else _RESTART_WARMUP
         config = PeerConfig(identity=node.ident, federation=self.fed, bootstrap=boot[:3],
-                            device=self.cfg.device, train_inline=True, warmup=3.0)
+                            device=self.cfg.device, train_inline=True, warmup=warmup)
         seed = hashlib.blake2b(f"{self.cfg.seed}/{node.index}/{trio.current_time()}".encode(),
                                digest_size=32).digest()
         incarnation = object()
