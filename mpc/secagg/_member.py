@@ -34,6 +34,8 @@ the member before stage 5; an aborted member reveals nothing more.
 from __future__ import annotations
 
 import enum
+import hashlib
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -70,6 +72,8 @@ from ._messages import (
 from ._reveal import RevealLedger, feasible
 
 __all__ = ["Member", "MemberState", "SketchFn"]
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 SketchFn = Callable[[bytes], NDArray[np.int64]]
 """Maps the public sketch seed to this member's integer sketch z_u = S(seed) @ Q(x_u)."""
@@ -409,18 +413,20 @@ class Member(Machine[MemberState]):
         cfg, me = self.cfg, self.index
         assert self._x is not None and self._keys is not None
         y = self._out if self._out is not None else np.empty(cfg.dim, dtype=np.uint32)
-        if y is not self._x:
-            np.copyto(y, self._x)
         plus: list[bytes] = [self._b]
         minus: list[bytes] = []
         ctx = cx.pair_context(cfg.context, b"s")
         for v in sorted(cfg.plan.neighbours[me] & self._u2):
             seed = cx.agree(self._keys.s.secret, self._s_pk[v], ctx)
             (plus if me < v else minus).append(seed)
-        self._expander.apply(y, plus, minus)
+        # one pass: y = x + masks, hashed chunk by chunk once final. The digest is
+        # cx.commitment(y) (SHA-256 of y's little-endian bytes: its memory on a
+        # little-endian host; the aggregators recompute it with cx.commitment)
+        h = hashlib.sha256() if _LITTLE_ENDIAN else None
+        self._expander.apply(y, plus, minus, src=self._x, digest=h)
         self._x = None
         self._b = b""
-        digest = cx.commitment(y)
+        digest = h.digest() if h is not None else cx.commitment(y)
         self.commitment = digest
         sig = self._sign(transcript("masked", cfg.context, me, digest))
         for a in cfg.aggregators:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+
 import nacl.utils
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mpc.prg import SEED_BYTES, MaskExpander, expand
+from mpc.prg import SEED_BYTES, MaskExpander, default_workers, expand
 from mpc.rand import SeededRng
 
 SIZES = [0, 1, 15, 16, 17, 1000, (1 << 16) - 1, 1 << 16, (1 << 16) + 3, 200_001]
@@ -81,3 +84,80 @@ def test_mask_expander_rejects_bad_accumulators() -> None:
     acc = np.zeros(4, dtype=np.uint32)
     me.apply(acc)
     assert not acc.any()
+
+
+# (n, seeds): one chunk; one part of several chunks; parts (4 to 9, by workers) with
+# and without hashing, cut off the chunk grid (see the thresholds in mpc.prg); with
+# workers=1 everything runs on the calling thread
+PLANS = [(1000, 4), (70_001, 3), (300_007, 3), (600_001, 2)]
+
+
+@pytest.mark.parametrize(("n", "k"), PLANS)
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+def test_apply_is_the_same_on_any_number_of_threads(n: int, k: int, workers: int) -> None:
+    rng = SeededRng(b"threads %d %d" % (n, k))
+    seeds = [rng.random_bytes(32) for _ in range(k)]
+    src = np.frombuffer(rng.random_bytes(4 * n), dtype=np.uint32).copy()
+    expected = src.copy()
+    for i, s in enumerate(seeds):
+        expected = expected + expand(s, n) if i % 2 == 0 else expected - expand(s, n)
+    plus, minus = seeds[0::2], seeds[1::2]
+    me = MaskExpander(workers=workers)
+    acc = src.copy()
+    assert me.apply(acc, plus, minus) is acc
+    assert np.array_equal(acc, expected)
+    # src= writes src + masks into acc and leaves src alone; digest= hashes the result
+    out = np.full(n, 7, dtype=np.uint32)
+    h = hashlib.sha256()
+    before = src.copy()
+    assert me.apply(out, plus, minus, src=src, digest=h) is out
+    assert np.array_equal(out, expected) and np.array_equal(src, before)
+    assert h.digest() == hashlib.sha256(expected.tobytes()).digest()
+    # src may be the accumulator itself
+    h2 = hashlib.sha256()
+    me.apply(src, plus, minus, src=src, digest=h2)
+    assert np.array_equal(src, expected) and h2.digest() == h.digest()
+
+
+def test_apply_without_seeds_copies_and_hashes() -> None:
+    src = np.arange(10, dtype=np.uint32)
+    acc = np.zeros(10, dtype=np.uint32)
+    h = hashlib.sha256()
+    MaskExpander().apply(acc, src=src, digest=h)
+    assert np.array_equal(acc, src)
+    assert h.digest() == hashlib.sha256(src.tobytes()).digest()
+
+
+def test_apply_rejects_bad_src_and_workers() -> None:
+    me = MaskExpander()
+    acc = np.zeros(4, dtype=np.uint32)
+    seed = b"\2" * 32
+    with pytest.raises(TypeError):
+        me.apply(acc, (seed,), src=np.zeros(4, dtype=np.int32))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        me.apply(acc, (seed,), src=np.zeros(5, dtype=np.uint32))
+    with pytest.raises(ValueError):
+        me.apply(acc, (seed, b"short"))
+    assert not acc.any()  # nothing touched before the checks passed
+    with pytest.raises(ValueError):
+        MaskExpander(workers=0)
+    assert MaskExpander(workers=1).workers == 1
+    assert 1 <= default_workers() <= 8
+
+
+def test_expanders_on_several_threads_at_once() -> None:
+    rng = SeededRng(b"concurrent")
+    seeds = [rng.random_bytes(32) for _ in range(3)]
+    n = 300_001
+    src = np.frombuffer(rng.random_bytes(4 * n), dtype=np.uint32)
+    expected = src + expand(seeds[0], n) + expand(seeds[1], n) - expand(seeds[2], n)
+    digest = hashlib.sha256(expected.tobytes()).digest()
+
+    def one(_: int) -> tuple[bool, bytes]:
+        acc = np.empty(n, dtype=np.uint32)
+        h = hashlib.sha256()
+        MaskExpander(workers=3).apply(acc, seeds[:2], seeds[2:], src=src, digest=h)
+        return bool(np.array_equal(acc, expected)), h.digest()
+
+    with ThreadPoolExecutor(max_workers=4) as ex:
+        assert list(ex.map(one, range(8))) == [(True, digest)] * 8
