@@ -93,6 +93,22 @@ class GroupSumReady:
     excluded: tuple[tuple[PeerId, str], ...] = ()
 
 
+def same_sum(result: GroupSumReady, update_sum: np.ndarray, total_weight: float,
+             total_samples: int) -> bool:
+    """True when ``result`` carries exactly (bit for bit) this sum, weight and count.
+
+    Replicas use it in ``check_result`` to co-sign only what they computed themselves.
+    """
+    claimed = np.asarray(result.update_sum)
+    return (
+        claimed.shape == update_sum.shape
+        and np.array_equal(claimed.astype(np.float64, copy=False).view(np.uint64),
+                           update_sum.view(np.uint64))
+        and float(result.total_weight) == total_weight
+        and int(result.total_samples) == total_samples
+    )
+
+
 @dataclass(frozen=True)
 class GroupAborted:
     """The group cannot produce a sum this round (nothing was revealed)."""

@@ -36,6 +36,7 @@ from .aggregation import (
     Contribution,
     GroupAborted,
     GroupSumReady,
+    same_sum,
 )
 
 __all__ = ["PlainContribution", "PlaintextAggregation"]
@@ -177,13 +178,7 @@ class PlaintextAggregation:
         if not self.is_aggregator or not all(p in self._inputs for p in result.included):
             return None  # nothing more we can verify
         total, weight, samples = self._sum(result.included)
-        same = (
-            np.asarray(result.update_sum).shape == total.shape
-            and np.array_equal(np.asarray(result.update_sum, dtype=np.float64).view(np.uint64),
-                               total.view(np.uint64))
-            and float(result.total_weight) == weight
-            and int(result.total_samples) == samples
-        )
+        same = same_sum(result, total, weight, samples)
         return None if same else "the sum differs from this replica's sum over the same members"
 
     # -- plumbing -----------------------------------------------------------

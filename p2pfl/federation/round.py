@@ -55,7 +55,6 @@ Messages of a round that arrive before ``start`` are buffered and replayed.
 from __future__ import annotations
 
 import enum
-import hashlib
 import math
 import operator
 import struct
@@ -67,6 +66,7 @@ import numpy as np
 
 from mpc.rand import Rng, SystemRng
 from p2pfl.errors import LocalProtocolError, RemoteProtocolError
+from p2pfl.federation.schedule import hash_parts
 from p2pfl.identity import Identity
 from p2pfl.learning.strategy import GroupResult, hash_vector
 from p2pfl.wire import PeerId
@@ -136,14 +136,6 @@ TRANSITIONS: Final[dict[RoundState, frozenset[RoundState]]] = {
     S.DONE: frozenset(),
     S.FAILED: frozenset(),
 }
-
-
-def _h(*parts: bytes) -> bytes:
-    h = hashlib.blake2b(digest_size=32)
-    for p in parts:
-        h.update(struct.pack("<Q", len(p)))
-        h.update(p)
-    return h.digest()
 
 
 @dataclass
@@ -262,7 +254,7 @@ class RoundMachine:
             )
             self._sub = self._factory(ctx)
             self._pump(now)  # a backend may queue messages at construction (round keys)
-            seed = int.from_bytes(_h(self.base.beacon, b"train", self.me.raw)[:8], "little") >> 1
+            seed = int.from_bytes(hash_parts(self.base.beacon, b"train", self.me.raw)[:8], "little") >> 1
             self._events.append(
                 TrainRequested(self.round, self.base.model, seed, self.federation.strategy.prox_mu)
             )
@@ -283,7 +275,7 @@ class RoundMachine:
 
     def context(self, group_index: int) -> bytes:
         """The 32-byte context binding a group's protocol to this round's inputs."""
-        return _h(b"p2pfl/group-ctx/1", self.federation.id, struct.pack("<QQ", self.round, group_index),
+        return hash_parts(b"p2pfl/group-ctx/1", self.federation.id, struct.pack("<QQ", self.round, group_index),
                   self.schedule.digest, self.view.base_state)
 
     def weight(self, num_samples: int) -> float:

@@ -67,8 +67,11 @@ _WEIGHT_UNIT: Final = 2**32
 WeightFn = Callable[[PeerId], float]
 
 
-def _h(*parts: bytes) -> bytes:
-    """BLAKE2b-256 of length-prefixed parts (unambiguous concatenation)."""
+def hash_parts(*parts: bytes) -> bytes:
+    """BLAKE2b-256 of length-prefixed parts (unambiguous concatenation).
+
+    The one hash for beacons, contexts and record ids across the federation and
+    ledger layers."""
     h = hashlib.blake2b(digest_size=32)
     for p in parts:
         h.update(struct.pack("<Q", len(p)))
@@ -82,7 +85,7 @@ def _u64(n: int) -> bytes:
 
 def initial_beacon(federation_id: bytes) -> bytes:
     """``b_0``, derived from the federation id."""
-    return _h(b"p2pfl/beacon/0", federation_id)
+    return hash_parts(b"p2pfl/beacon/0", federation_id)
 
 
 def next_beacon(prev: bytes, model_hash: bytes, ledger_head: bytes = NO_LEDGER) -> bytes:
@@ -93,11 +96,11 @@ def next_beacon(prev: bytes, model_hash: bytes, ledger_head: bytes = NO_LEDGER) 
     for name, v in (("beacon", prev), ("model hash", model_hash), ("ledger head", ledger_head)):
         if len(v) != 32:
             raise ValueError(f"{name} must be 32 bytes, got {len(v)}")
-    return _h(b"p2pfl/beacon", prev, model_hash, ledger_head)
+    return hash_parts(b"p2pfl/beacon", prev, model_hash, ledger_head)
 
 
 def _key(beacon: bytes, tag: bytes, peer: PeerId, extra: bytes = b"") -> bytes:
-    return _h(beacon, tag, extra, peer.raw)
+    return hash_parts(beacon, tag, extra, peer.raw)
 
 
 def _distinct(candidates: Iterable[PeerId]) -> list[PeerId]:
@@ -133,7 +136,7 @@ def select_cohort(
     total = sum(w for _, w in pool)
     chosen: list[PeerId] = []
     for i in range(min(size, len(pool))):
-        r = int.from_bytes(_h(beacon, b"cohort-w", _u64(i)), "little") % total
+        r = int.from_bytes(hash_parts(beacon, b"cohort-w", _u64(i)), "little") % total
         acc = 0
         for j, (p, w) in enumerate(pool):
             acc += w
@@ -212,7 +215,7 @@ class RoundSchedule:
         for g in self.groups:
             parts += [_u64(g.index), b"".join(p.raw for p in g.members),
                       b"".join(p.raw for p in g.aggregators)]
-        return _h(*parts)
+        return hash_parts(*parts)
 
     @cached_property
     def _by_peer(self) -> dict[PeerId, Group]:

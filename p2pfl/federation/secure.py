@@ -92,6 +92,7 @@ from .aggregation import (
     Contribution,
     GroupAborted,
     GroupSumReady,
+    same_sum,
 )
 
 __all__ = [
@@ -442,13 +443,7 @@ class SecureAggregation:
         own = self._own
         if own is None:
             return None
-        same = (
-            np.asarray(result.update_sum).shape == own.update_sum.shape
-            and np.array_equal(np.asarray(result.update_sum, dtype=np.float64).view(np.uint64),
-                               own.update_sum.view(np.uint64))
-            and float(result.total_weight) == own.total_weight
-            and int(result.total_samples) == own.total_samples
-        )
+        same = same_sum(result, own.update_sum, own.total_weight, own.total_samples)
         return None if same else "the sum differs from this replica's own output"
 
     def messages_to_send(self) -> list[tuple[PeerId, bytes]]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import hashlib
 import struct
 from typing import Annotated, Final
 
@@ -44,6 +43,7 @@ import numpy as np
 
 from p2pfl.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.federation.messages import Endorsement, ResultBody, digest_of
+from p2pfl.federation.schedule import hash_parts
 from p2pfl.wire import ArraySpec, MaxLen, PeerId, Range, encode, message
 
 __all__ = [
@@ -79,14 +79,6 @@ Peers = Annotated[tuple[PeerId, ...], MaxLen(MAX_GROUP)]
 Reason = Annotated[str, MaxLen(256)]
 F8Vec = Annotated[np.ndarray, ArraySpec(dtypes=("f8",), ndim=1)]
 Endorsements = Annotated[tuple[Endorsement, ...], MaxLen(MAX_GROUP)]
-
-
-def _h(*parts: bytes) -> bytes:
-    h = hashlib.blake2b(digest_size=32)
-    for p in parts:
-        h.update(struct.pack("<Q", len(p)))
-        h.update(p)
-    return h.digest()
 
 
 @message(0x0601)
@@ -236,18 +228,18 @@ _HEADER_FIELDS: Final = tuple(f.name for f in dataclasses.fields(GroupHeader))
 
 def record_hash(body: RecordBody) -> bytes:
     """The chain hash of a record body (see the module docstring)."""
-    return _h(b"p2pfl/ledger/record/1", encode(body))
+    return hash_parts(b"p2pfl/ledger/record/1", encode(body))
 
 
 def genesis_hash(federation_id: bytes) -> bytes:
     """The ``prev`` of the record of round 0."""
-    return _h(b"p2pfl/ledger/genesis/1", federation_id)
+    return hash_parts(b"p2pfl/ledger/genesis/1", federation_id)
 
 
 def sum_hash(update_sum: np.ndarray) -> bytes:
     """BLAKE2b-256 of a group sum (float64, little-endian) and its length."""
     a = np.ascontiguousarray(np.asarray(update_sum), dtype="<f8")
-    return _h(b"p2pfl/group-sum/1", struct.pack("<Q", a.shape[0]), a.tobytes())
+    return hash_parts(b"p2pfl/group-sum/1", struct.pack("<Q", a.shape[0]), a.tobytes())
 
 
 def header_of(body: ResultBody) -> GroupHeader:
