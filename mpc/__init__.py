@@ -11,13 +11,14 @@ Modules, bottom up:
 * :mod:`mpc.ka` — X25519 key agreement and XChaCha20-Poly1305.
 * :mod:`mpc.graph` — the SecAgg+ neighbour graph.
 * :mod:`mpc.quant` — clipping, unbiased stochastic quantization into Z_2^32.
+* :mod:`mpc.sketch` — sparse ±1 sketch maps with exact integer products.
 
 The names below are re-exported for convenience; element-wise ring and field helpers
 stay in their modules (``ring.add_into``, ``field.mul``...) because their names would
 clash.
 """
 
-from mpc import field, graph, ka, prg, quant, rand, ring, shamir
+from mpc import field, graph, ka, prg, quant, rand, ring, shamir, sketch
 from mpc.errors import DecryptionError, InconsistentShares, MpcError, NotEnoughShares
 from mpc.field import BIG_PRIME, P31, from_field, to_field
 from mpc.graph import neighbours
@@ -38,6 +39,7 @@ from mpc.shamir import (
     share_vector,
     share_zeros,
 )
+from mpc.sketch import SketchMap
 
 __all__ = [
     "BIG_PRIME",
@@ -52,6 +54,7 @@ __all__ = [
     "QuantParams",
     "Rng",
     "SeededRng",
+    "SketchMap",
     "SystemRng",
     "agree",
     "decode_int",
@@ -83,5 +86,6 @@ __all__ = [
     "share_int",
     "share_vector",
     "share_zeros",
+    "sketch",
     "to_field",
 ]

@@ -53,6 +53,7 @@ __all__ = [
     "check_canonical",
     "check_prime",
     "crt_centered",
+    "crt_centered_array",
     "from_field",
     "inv",
     "matmul",
@@ -289,3 +290,33 @@ def crt_centered(residues: Sequence[int], primes: Sequence[int]) -> int:
         value += modulus * step
         modulus *= q
     return value - modulus if value > (modulus - 1) // 2 else value
+
+
+def crt_centered_array(
+    residues: Sequence[NDArray[np.integer]], primes: Sequence[int]
+) -> NDArray[np.object_]:
+    """Element-wise :func:`crt_centered`: ``residues[i]`` holds values modulo
+    ``primes[i]`` (any integer arrays of one shape, reduced with ``%``); returns an
+    object array of Python ints ``v`` with ``|v| <= (M - 1) / 2``.
+
+    Raises ``ValueError`` as :func:`crt_centered` and for arrays of different shapes.
+    """
+    if len(residues) != len(primes) or not primes:
+        raise ValueError("need one residue array per prime, and at least one prime")
+    if len(set(primes)) != len(primes):
+        raise ValueError("primes must be distinct")
+    shape = np.shape(residues[0])
+    if any(np.shape(r) != shape for r in residues):
+        raise ValueError("residue arrays must have one shape")
+    modulus = 1
+    for q in primes:
+        modulus *= q
+    acc = np.zeros(shape, dtype=object)
+    for r, q in zip(residues, primes, strict=True):
+        rest = modulus // q
+        coeff = rest * pow(rest, -1, q)  # ≡ 1 (mod q), ≡ 0 (mod the other primes)
+        acc = acc + (np.asarray(r).astype(object) % q) * coeff
+    acc = acc % modulus
+    half = (modulus - 1) // 2
+    out: NDArray[np.object_] = np.where(acc > half, acc - modulus, acc)
+    return out

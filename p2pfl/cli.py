@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from p2pfl.errors import P2PFLError
 
@@ -51,7 +52,9 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         secure=secure, dropout=args.dropout, task=args.task, seed=args.seed, out=Path(args.out),
         quiet=args.quiet, transport=args.transport, model=args.model, strategy=args.strategy,
         cohort=args.cohort, group_size=args.group_size, device=args.device,
-        reference=args.reference,
+        reference=args.reference, attack=args.attack, malicious=args.malicious,
+        defense=args.defense, weighting=args.weighting, clip=args.clip,
+        membership=args.membership,
     )
     cfg.validate()
     summary = run_simulation(cfg)
@@ -72,6 +75,165 @@ def _cmd_node(args: argparse.Namespace) -> int:
     cfg = load_node_config(args.config)
     trio.run(run_node, cfg)
     return 0
+
+
+def _control_socket(args: argparse.Namespace) -> Path:
+    if args.socket is not None:
+        return Path(args.socket)
+    from p2pfl.control import config_socket_path
+    from p2pfl.errors import ConfigError
+
+    path = config_socket_path(args.config)  # reads two keys: no torch import
+    if path is None:
+        raise ConfigError(f"{args.config} has no control socket (set `control` or "
+                          "`checkpoint_dir` in the peer config)")
+    return path
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+    from functools import partial
+
+    import trio
+
+    from p2pfl.control import ControlError, request
+
+    path = _control_socket(args)
+    try:
+        reply = trio.run(partial(request, path, {"op": "status"}, timeout=args.timeout))
+    except ControlError as e:
+        print(f"p2pfl status: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reply, indent=1, sort_keys=True))
+    else:
+        print("\n".join(_status_lines(reply)))
+    return 0
+
+
+def _status_lines(d: dict[str, Any], *, rounds: int = 5, top: int = 10) -> list[str]:
+    """A node's status reply as text (missing fields show as '-')."""
+    def get(key: str) -> Any:
+        v = d.get(key)
+        return "-" if v is None else v
+
+    model = str(get("model_hash"))
+    neighbors = d.get("neighbor_ids")
+    lines = [
+        f"peer        {get('peer_id')}  (pid {get('pid')})",
+        f"listen      {get('listen')}",
+        f"federation  {get('federation_name')} {str(get('federation'))[:16]}",
+        f"round       {get('round')}  model {model[:16]}",
+        f"peers       {get('neighbors')} neighbours / {get('live_peers')} live",
+    ]
+    if isinstance(neighbors, list):
+        lines += [f"  {n}" for n in neighbors]
+    history = d.get("history")
+    if isinstance(history, dict) and history:
+        last = sorted(history.items(), key=lambda kv: int(kv[0]))[-rounds:]
+        lines.append("history     " + ", ".join(f"{r}: {str(h)[:12]}" for r, h in last))
+    rep, cred = d.get("reputation"), d.get("credits")
+    if isinstance(rep, dict) and rep:
+        cred = cred if isinstance(cred, dict) else {}
+        lines.append(f"{'reputation':<32}  {'score':>6}  {'credits':>10}")
+        for peer, score in list(rep.items())[:top]:
+            c = cred.get(peer)
+            shown = "-" if not isinstance(c, int | float) else f"{c:.1f}"
+            lines.append(f"  {peer:<30}  {score:>6.3f}  {shown:>10}")
+        if len(rep) > top:
+            lines.append(f"  ... {len(rep) - top} more (--json shows them all)")
+    else:
+        lines.append("reputation  - (no ledger yet)")
+    return lines
+
+
+def _cmd_ledger(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from p2pfl.errors import ConfigError
+    from p2pfl.federation import load_federation
+    from p2pfl.ledger import Ledger, ledger_rows
+
+    if args.config is not None:
+        from p2pfl.node import load_node_config
+        from p2pfl.peer import ledger_path
+
+        cfg = load_node_config(args.config)
+        fed = load_federation(cfg.federation)
+        if cfg.checkpoint_dir is None:
+            raise ConfigError(f"{args.config} has no checkpoint_dir, where the ledger is kept")
+        path = ledger_path(cfg.checkpoint_dir, fed)
+    else:
+        if args.federation is None:
+            raise ConfigError("--file needs --federation FED.TOML (the ledger's federation)")
+        fed = load_federation(args.federation)
+        path = Path(args.file)
+    if not path.is_file():
+        raise ConfigError(f"no ledger file at {path}")
+    with tempfile.TemporaryDirectory(prefix="p2pfl-ledger-") as tmp:
+        # Ledger.open creates missing files and cuts torn tails: open a copy, so that
+        # the node's file (which it may be appending to right now) is never written
+        copy = Path(tmp) / "ledger.bin"
+        shutil.copyfile(path, copy)
+        size = os.path.getsize(copy)
+        led = Ledger.open(copy, fed)
+        torn = size - os.path.getsize(copy)
+        led.close()
+    st = led.standing
+    peers = sorted(st.peers)
+    if args.peer is not None:
+        peers = [p for p in peers if str(p).startswith(args.peer)]
+        if not peers:
+            raise ConfigError(f"--peer: no peer {args.peer!r} in the ledger")
+    last = None if args.history < 0 else args.history
+    if args.json:
+        print(json.dumps(_ledger_doc(led, peers, last, torn), indent=1))
+        return 0
+    rows = ledger_rows(led, last=last)
+    if args.peer is not None:  # drop the other peers' standing rows
+        others = {str(p) for p in st.peers} - {str(p) for p in peers}
+        rows = [r for r in rows if not (r.split() and r.split()[0] in others)]
+    if torn:
+        rows.append(f"(the file ends in {torn} bytes of a torn record, ignored)")
+    print("\n".join(rows))
+    return 0
+
+
+def _ledger_doc(led: Any, peers: list[Any], last: int | None, torn: int) -> dict[str, Any]:
+    """``p2pfl ledger --json``: the summary, the standing of ``peers``, the history."""
+    import dataclasses
+
+    from p2pfl.ledger import GroupStatus, record_hash
+
+    st = led.standing
+    standing = {}
+    for p in peers:
+        row = dataclasses.asdict(st.get(p))
+        row.update(score=st.score(p), weight_factor=st.weight_factor(p), weight=st.weight(p),
+                   newcomer=st.is_newcomer(p))
+        standing[str(p)] = row
+    records = led.records
+    start = 0 if last is None else max(0, len(records) - last)
+    history = []
+    for i in range(start, len(records)):
+        b = records[i].body
+        acc = [s.header for s in b.groups
+               if s.status is GroupStatus.ACCEPTED and s.header is not None]
+        history.append({
+            "round": b.round, "record": record_hash(b).hex(), "cohort": len(b.cohort),
+            "groups": len(b.groups), "accepted": len(acc),
+            "aborted": sum(s.status is GroupStatus.ABORTED for s in b.groups),
+            "included": sum(len(h.included) for h in acc),
+            "dropped": sum(len(h.dropped) for h in acc),
+            "excluded": sum(len(h.excluded) for h in acc),
+            "signatures": led.signatures(i), "updated": b.updated,
+            "model_hash": b.model_hash.hex(), "evidence": len(b.evidence),
+        })
+    return {"federation": led.federation.id_hex, "height": led.height, "head": led.head.hex(),
+            "torn_bytes": torn, "peers": standing, "history": history}
 
 
 def _print_summary(d: dict[str, object], out: Path) -> None:
@@ -162,6 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory (one process); tcp is not implemented yet")
     p.add_argument("--device", default="cpu", help="training device: cpu | cuda | auto")
     p.add_argument("--seed", type=int, default=0, help="seed of keys, data split, dropouts")
+    p.add_argument("--attack", default=None, metavar="NAME|MODULE:FUNCTION",
+                   help="attack run by the malicious peers: signflip, scale[:G], noise[:S], "
+                        "labelflip, freerider[:zero|:stale], sybil, sketchliar, or "
+                        "module:function (see docs/simulation.md)")
+    p.add_argument("--malicious", type=float, default=0.0, metavar="F",
+                   help="fraction of peers that run --attack (default 0)")
+    dfn = p.add_mutually_exclusive_group()
+    dfn.add_argument("--defense", dest="defense", action="store_true", default=None,
+                     help="sketch stage + exclusion policy (default: on when secure)")
+    dfn.add_argument("--no-defense", dest="defense", action="store_false",
+                     help="secure aggregation without the sketch stage")
+    p.add_argument("--weighting", default="samples", choices=["samples", "uniform"],
+                   help="aggregation weights: by sample count (default) or uniform")
+    p.add_argument("--clip", type=float, default=5.0, metavar="B",
+                   help="L2 clipping bound of updates (default 5.0)")
+    p.add_argument("--membership", default="permissioned", choices=["permissioned", "open"],
+                   help="federation membership policy (default permissioned)")
     p.add_argument("--reference", action="store_true",
                    help="also run centralized training (and plaintext, for secure runs)")
     p.add_argument("--out", default="runs/sim", metavar="DIR", help="output directory")
@@ -181,6 +360,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="log level (default info)")
     p.set_defaults(func=_cmd_node)
+
+    p = sub.add_parser(
+        "status",
+        help="ask a running node (over its local control socket) for its round, model and peers",
+        description=(
+            "Connect to the control socket of a running `p2pfl node` on this host and print "
+            "its status: peer id, listen address, federation, round and model hash, "
+            "neighbours and live peers, the model hashes of recent rounds, and reputation "
+            "and credits. Exit status 1 when no node answers. See docs/operator.md."
+        ),
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", metavar="PEER.TOML",
+                       help="the node's peer config (its `control` socket, by default "
+                            "CHECKPOINT_DIR/control.sock)")
+    where.add_argument("--socket", metavar="PATH", help="the control socket itself")
+    p.add_argument("--json", action="store_true",
+                   help="print the node's whole reply as JSON (for scripts)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for the answer (default 10)")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "ledger",
+        help="show the reputation ledger: reputation, credits, per-peer counters, history",
+        description=(
+            "Read a peer's ledger file (never modifying it; a running node's file is fine) "
+            "and print the federation summary, each peer's score, weights, credits and "
+            "counters (contributions, exclusions, dropouts, failed groups, violations, "
+            "equivocations), and the last rounds' records. See docs/ledger.md."
+        ),
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", metavar="PEER.TOML",
+                       help="a peer config: its federation file and CHECKPOINT_DIR/ledger-*.bin")
+    where.add_argument("--file", metavar="LEDGER", help="a ledger file (needs --federation)")
+    p.add_argument("--federation", metavar="FED.TOML", help="the federation file of --file")
+    p.add_argument("--peer", metavar="ID", help="only this peer (a peer id or its prefix)")
+    p.add_argument("--history", type=int, default=20, metavar="N",
+                   help="show the last N records (default 20; -1: all)")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.set_defaults(func=_cmd_ledger)
     return parser
 
 

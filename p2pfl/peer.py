@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import trio
 
-from mpc.rand import Rng
+from mpc.rand import Rng, SystemRng
 from p2pfl.errors import ConfigError
 from p2pfl.federation import (
     Federation,
@@ -51,6 +51,7 @@ from p2pfl.federation import (
     load_checkpoint,
     load_federation,
 )
+from p2pfl.federation.adversary import Adversary
 from p2pfl.federation.aggregation import AggregationFactory
 from p2pfl.federation.driver import (
     DriverEvent,
@@ -61,8 +62,10 @@ from p2pfl.federation.driver import (
 )
 from p2pfl.identity import Identity
 from p2pfl.learning.strategy import hash_vector
+from p2pfl.ledger import Ledger, RoundLedger
 from p2pfl.overlay import Offense, Overlay, OverlayConfig, open_overlay
-from p2pfl.transport import Transport
+from p2pfl.transport import IceServer, Transport
+from p2pfl.transport.hybrid import HybridTransport
 from p2pfl.wire import PeerId
 
 if TYPE_CHECKING:
@@ -75,6 +78,7 @@ __all__ = [
     "PeerConfig",
     "checkpoint_path",
     "initial_model",
+    "ledger_path",
     "open_peer",
     "overlay_penalizer",
     "register_aggregation",
@@ -137,6 +141,11 @@ def checkpoint_path(directory: str | Path, federation: Federation) -> Path:
     return Path(directory) / f"state-{federation.id_hex[:16]}.ckpt"
 
 
+def ledger_path(directory: str | Path, federation: Federation) -> Path:
+    """Where a peer keeps its ledger file of ``federation`` in ``directory``."""
+    return Path(directory) / f"ledger-{federation.id_hex[:16]}.bin"
+
+
 def resume_state(federation: Federation, initial: np.ndarray,
                  checkpoint_dir: str | Path | None = None) -> GlobalState:
     """The checkpoint in ``checkpoint_dir`` when there is one, else round 0 from the
@@ -164,6 +173,17 @@ class PeerConfig:
     (None: the permissioned member list). ``warmup``: seconds between joining and the
     first round. ``overlay``: overlay parameters (its ``network_id`` is replaced by the
     federation id).
+
+    Reachability (see ``docs/webrtc.md``; ignored when a transport is passed, except
+    ``reachable = False`` without ``webrtc``, which stops the overlay accepting links):
+    ``reachable``: listen on ``listen`` (False: no listening socket; the peer dials
+    out only). ``webrtc``: also accept and dial WebRTC links, signaled over the overlay
+    (:class:`~p2pfl.transport.hybrid.HybridTransport`; needs aiortc) -- an unreachable
+    peer with ``webrtc`` is reachable as ``webrtc:PEERID``. ``ice_servers``: STUN/TURN
+    servers (URL strings or :class:`~p2pfl.transport.IceServer`; none by default, none
+    needed on one host or a LAN). ``webrtc_host_addresses``: local addresses to gather
+    ICE host candidates on (None: every interface but loopback; ``("127.0.0.1",)`` on
+    one host).
     """
 
     identity: Identity | str | Path
@@ -177,6 +197,10 @@ class PeerConfig:
     candidates: tuple[PeerId, ...] | None = None
     warmup: float = 2.0
     overlay: OverlayConfig = field(default_factory=OverlayConfig)
+    reachable: bool = True
+    webrtc: bool = False
+    ice_servers: tuple[IceServer | str, ...] = ()
+    webrtc_host_addresses: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,11 +241,24 @@ class Peer:
     """A running peer (made by :func:`open_peer`; valid inside its block)."""
 
     def __init__(self, identity: Identity, federation: Federation, overlay: Overlay,
-                 driver: FederationDriver) -> None:
+                 driver: FederationDriver, ledger: Ledger | None = None) -> None:
         self.identity = identity
         self.federation = federation
         self.overlay = overlay
         self.driver = driver
+        self.ledger = ledger
+
+    def reputation(self) -> dict[str, float]:
+        """Peer id (base32) -> reputation score in (0, 1), from this peer's ledger."""
+        if self.ledger is None:
+            return {}
+        return {str(p): s for p, s in sorted(self.ledger.standing.reputation().items())}
+
+    def credits(self) -> dict[str, float]:
+        """Peer id (base32) -> credits earned, from this peer's ledger."""
+        if self.ledger is None:
+            return {}
+        return {str(p): c for p, c in sorted(self.ledger.standing.credits().items())}
 
     @property
     def peer_id(self) -> PeerId:
@@ -288,6 +325,8 @@ async def open_peer(
     wall_offset: float | None = None,
     limiter: trio.CapacityLimiter | None = None,
     fault: FaultHook | None = None,
+    ledger: Ledger | None = None,
+    adversary: Adversary | None = None,
 ) -> AsyncIterator[Peer]:
     """Run one peer for the duration of the block (see the module docstring).
 
@@ -296,7 +335,9 @@ async def open_peer(
     ``trainer`` (default: :func:`task_trainer`), an ``aggregation`` factory overriding
     ``config.aggregation``, ``rng`` for the protocols and ``overlay_rng`` for the
     overlay (default: the OS CSPRNG), ``wall_offset`` (simulations: 0), a shared
-    training ``limiter``, and a ``fault`` hook.
+    training ``limiter``, and a ``fault`` hook.  ``ledger``: the peer's ledger (default:
+    the file :func:`ledger_path` in ``config.checkpoint_dir``, else in memory);
+    ``adversary``: a simulated attacker's behaviour (simulations only).
 
     Raises :class:`ConfigError` (federation file, address, backend, membership) or
     another :class:`~p2pfl.errors.P2PFLError` (key file,
@@ -316,32 +357,70 @@ async def open_peer(
     if trainer is None:
         trainer = task_trainer(task, fed, config.device)
     if transport is None:
-        transport = _tcp_transport(identity, fed, config.listen)
+        transport = _default_transport(identity, fed, config)
     elif transport.local_peer != identity.peer_id:
         raise ConfigError("transport: belongs to another identity")
     ov_config = _with_network(config.overlay, fed)
     async with open_overlay(transport, identity, ov_config, bootstrap=config.bootstrap,
+                            listen=_overlay_listens(config), on_open=_overlay_hook(transport),
                             rng=overlay_rng, wall_offset=wall_offset) as overlay:
         ckpt = (checkpoint_path(config.checkpoint_dir, fed)
                 if config.checkpoint_dir is not None else None)
+        if ledger is None:
+            ledger = (Ledger.open(ledger_path(config.checkpoint_dir, fed), fed)
+                      if config.checkpoint_dir is not None else Ledger(fed))
+        bound = RoundLedger(ledger, identity.peer_id, rng=rng if rng is not None else SystemRng(),
+                            neighbours=overlay.neighbors)
         driver = FederationDriver(
             fed, identity, overlay, trainer, state, aggregation=factory,
             candidates=config.candidates, rng=rng, checkpoint=ckpt,
             penalize=overlay_penalizer(overlay),
             train_inline=config.train_inline,
             limiter=limiter if limiter is not None else trio.CapacityLimiter(1),
-            fault=fault, warmup=config.warmup,
+            fault=fault, warmup=config.warmup, ledger=bound, adversary=adversary,
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
             try:
-                yield Peer(identity, fed, overlay, driver)
+                yield Peer(identity, fed, overlay, driver, ledger)
             finally:
                 nursery.cancel_scope.cancel()
 
 
 def _with_network(cfg: OverlayConfig, fed: Federation) -> OverlayConfig:
     return dataclasses.replace(cfg, network_id=fed.id)
+
+
+# -- transport selection (reachability, WebRTC) ------------------------------------------
+
+
+def _default_transport(identity: Identity, fed: Federation, config: PeerConfig) -> Transport:
+    """TCP on ``config.listen``; with ``webrtc``, a :class:`HybridTransport` (TCP when
+    reachable, WebRTC signaled over the overlay); without it and not reachable, a TCP
+    transport that only dials. Raises :class:`ConfigError`."""
+    if not config.webrtc:
+        return _tcp_transport(identity, fed, config.listen)
+    if config.reachable:
+        _tcp_transport(identity, fed, config.listen)  # validates the address
+    try:
+        return HybridTransport(
+            identity, fed.id, listen=config.listen if config.reachable else None,
+            ice_servers=config.ice_servers, host_addresses=config.webrtc_host_addresses)
+    except ImportError as e:
+        raise ConfigError(f"webrtc: needs aiortc (pip install p2pfl-mpc[webrtc]): {e}") from e
+    except ValueError as e:
+        raise ConfigError(f"webrtc: {e}") from e
+
+
+def _overlay_listens(config: PeerConfig) -> bool:
+    """Whether the overlay accepts links: a peer that is not reachable and has no
+    WebRTC only connects out."""
+    return config.reachable or config.webrtc
+
+
+def _overlay_hook(transport: Transport) -> Callable[[Overlay], None] | None:
+    """What must see the overlay before it runs: a hybrid transport's signaling."""
+    return transport.attach if isinstance(transport, HybridTransport) else None
 
 
 def _tcp_transport(identity: Identity, fed: Federation, listen: str) -> Transport:

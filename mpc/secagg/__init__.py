@@ -12,7 +12,8 @@ active-adversary variant:
  0    keys            members send signed fresh X25519 (c_pk, s_pk) -> U1
  1    share keys      b_u and s_sk_u Shamir-shared to the holders, encrypted -> U2
  2    masked input    y_u = x_u + PRG(b_u) + sum +-PRG(KA(s_sk_u, s_pk_v)) -> U3
- 3    sketch (opt.)   z_u shared to validators; scores opened; hook -> E
+ 3    sketch (opt.)   z_u shared to validators mod each prime; scores opened
+                      exactly (CRT); hook(scores, sketch seed) -> E
  4    consistency     aggregators announce signed (U3, E); members compare, sign
  5    unmask          b-shares for U3 \\ E, s_sk-shares for (U2 \\ U3) | E, never both
  6    output          reconstruct (checking extras), remove masks, output the sum
@@ -29,6 +30,7 @@ layer; randomness is an :class:`mpc.rand.Rng`; time is an argument.
 
 from ._aggregator import Aggregator, AggState, ExclusionHook
 from ._config import GroupConfig, Phase, Plan, SketchConfig, Stage, Timeouts
+from ._crypto import sketch_seed
 from ._events import (
     Aborted,
     Completed,
@@ -42,7 +44,7 @@ from ._events import (
     StageReached,
 )
 from ._machine import LocalProtocolError, Sign, Verify
-from ._member import Member, MemberState, SketchFn
+from ._member import Member, MemberState, ReferenceFn, SketchFn
 from ._messages import (
     AbortNotice,
     Announce,
@@ -96,6 +98,7 @@ __all__ = [
     "Phase",
     "Plan",
     "ProtocolError",
+    "ReferenceFn",
     "RevealLedger",
     "ScoreShares",
     "ShareKeys",
@@ -114,4 +117,5 @@ __all__ = [
     "Timeouts",
     "UnmaskShares",
     "Verify",
+    "sketch_seed",
 ]

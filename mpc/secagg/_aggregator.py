@@ -22,6 +22,17 @@ once). Survivors U3 are exactly the members whose masked input the primary got i
 time: a member that drops after sending it is a survivor, and its self-mask is
 removed with the shares of its holders.
 
+Scoring (stage 3): every validator returns, per owner it holds a sketch of, its
+shares of ||z_u||^2 (and <z_u, ref>) modulo each prime of ``SketchConfig.moduli``,
+and with ``pairwise`` its shares of <z_u, z_v> per pair. Each residue is opened
+with the threshold of its degree (``2 t - 1`` for products, ``t`` for linear
+scores), scalars with the same holders decoded together so one decode names a
+lying validator; the residues of one value are recombined by the Chinese remainder
+theorem into an exact signed integer (:class:`SketchScore`). The hook then sees
+the scores and the sketch seed. At unmask, the members' shares of the included
+members' sketch sum are opened per prime and recombined the same way
+(``OutputReady.sketch_sum``, for the binding check).
+
 Unmasking reconstructs each needed seed from exactly ``threshold`` shares, checks
 every extra share, names holders whose shares are off the polynomial (and decodes
 around them when the redundancy allows), checks each rebuilt s_sk against its
@@ -31,7 +42,9 @@ public key, then removes all masks in one fused pass over the accumulator.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from types import MappingProxyType
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -65,13 +78,20 @@ from ._messages import (
     consistency_bytes,
     transcript,
 )
-from ._opening import open_seed, open_vector
+from ._opening import exact, exact_array, open_many, open_mod, open_seed
 from ._reveal import feasible, needed_secrets
 
 __all__ = ["AggState", "Aggregator", "ExclusionHook"]
 
-ExclusionHook = Callable[[Mapping[int, SketchScore | None]], "set[int] | frozenset[int]"]
-"""Policy: opened scores of each survivor (None: not opened) -> members to exclude."""
+K = TypeVar("K", bound=Hashable)
+
+ExclusionHook = Callable[
+    [Mapping[int, SketchScore | None], bytes | None], "set[int] | frozenset[int]"
+]
+"""Policy: ``(scores, sketch_seed) -> members to exclude``. ``scores`` maps every
+survivor to its opened :class:`SketchScore` (None: no sketch stage, or its scores
+could not be opened); ``sketch_seed`` is the public seed of the sketch map (None
+without a sketch stage), from which the policy can rebuild S and the reference."""
 
 
 class AggState(enum.Enum):
@@ -130,17 +150,20 @@ _ALL = {
 _DECISION_STATE = {Stage.KEYS: A.KEYS, Stage.SHARES: A.SHARES, Stage.MASKED: A.MASKED}
 
 
-def _no_exclusions(scores: Mapping[int, SketchScore | None]) -> frozenset[int]:
+def _no_exclusions(
+    scores: Mapping[int, SketchScore | None], sketch_seed: bytes | None
+) -> frozenset[int]:
     return frozenset()
 
 
 class Aggregator(Machine[AggState]):
     """One aggregator of a group (``party`` in ``cfg.aggregators``).
 
-    ``decide_exclusions`` is the exclusion policy (default: exclude nobody); it gets
-    every survivor's opened scores (``None`` when there is no sketch stage or a
-    score could not be opened) and must be deterministic, since every aggregator
-    calls it. ``retain_inputs=False`` adds masked inputs into the accumulator and
+    ``decide_exclusions`` is the exclusion policy (default: exclude nobody, see
+    :data:`ExclusionHook`); it gets every survivor's opened scores (``None`` when
+    there is no sketch stage or a score could not be opened) and the sketch seed, and
+    must be deterministic, since every aggregator calls it. ``sketch_seed`` is set
+    once U3 is fixed (with a sketch stage). ``retain_inputs=False`` adds masked inputs into the accumulator and
     forgets them (saves memory): a member that must then be removed from the sum
     (excluded, or outside the primary's U3 at a replica) aborts the round.
     """
@@ -182,8 +205,12 @@ class Aggregator(Machine[AggState]):
         self._inputs: dict[int, NDArray[np.uint32]] = {}
         self._commit: dict[int, tuple[bytes, bytes]] = {}
         self._sketch_cts: dict[int, dict[int, bytes]] = {}
-        self._score_shares: dict[int, dict[int, tuple[int, ...]]] = {}
+        # validator -> (owner -> score shares, (u, v) -> pair shares)
+        self._score_shares: dict[
+            int, tuple[dict[int, tuple[int, ...]], dict[tuple[int, int], tuple[int, ...]]]
+        ] = {}
         self.scores: dict[int, SketchScore | None] = {}
+        self.sketch_seed: bytes | None = None
         self._announce: Announce | None = None
         self._seen: dict[int, dict[tuple[tuple[int, ...], tuple[int, ...]], Announce]] = {}
         self._u3_decision: Decision | None = None
@@ -451,6 +478,9 @@ class Aggregator(Machine[AggState]):
             self._goto(A.CONSISTENCY)
             self._announce_sets({u: None for u in self.u3})
             return
+        self.sketch_seed = cx.sketch_seed(
+            self.cfg.context, [(u, self._commit[u][0]) for u in sorted(self.u3)]
+        )
         self._goto(A.SKETCH)
         if self.primary:
             commits = tuple((u, self._commit[u]) for u in sorted(self.u3))
@@ -470,11 +500,14 @@ class Aggregator(Machine[AggState]):
     # stage 3 --------------------------------------------------------------
 
     def _on_sketch_shares(self, sender: int, msg: SketchShares) -> None:
-        assert self.u3 is not None
+        assert self.u3 is not None and self.cfg.sketch is not None
         if sender not in self.u3 or sender in self._sketch_cts:
             raise RemoteError(sender, EvidenceKind.UNEXPECTED, "sketch shares")
         if {v for v, _ in msg.ciphertexts} != self.u3 - {sender}:
             raise RemoteError(sender, EvidenceKind.MALFORMED, "sketch shares: wrong holders")
+        size = cx.sketch_ciphertext_bytes(self.cfg.sketch, len(self.u3))
+        if any(len(ct) != size for _, ct in msg.ciphertexts):
+            raise RemoteError(sender, EvidenceKind.MALFORMED, "sketch shares: wrong length")
         self._sketch_cts[sender] = dict(msg.ciphertexts)
         if len(self._sketch_cts) == len(self.u3):
             self._close()
@@ -492,34 +525,68 @@ class Aggregator(Machine[AggState]):
         assert self.u3 is not None
         if sender not in self.u3 or sender in self._score_shares:
             raise RemoteError(sender, EvidenceKind.UNEXPECTED, "score shares")
-        if not {u for u, _ in msg.scores} <= self.u3:
+        owners = {u for u, _ in msg.scores}
+        if not owners <= self.u3:
             raise RemoteError(sender, EvidenceKind.MALFORMED, "scores of non-survivors")
-        self._score_shares[sender] = dict(msg.scores)
+        if any(u not in owners or v not in owners for u, v, _ in msg.pairs):
+            raise RemoteError(sender, EvidenceKind.MALFORMED, "pair scores of unscored owners")
+        self._score_shares[sender] = (dict(msg.scores), {(u, v): s for u, v, s in msg.pairs})
         if len(self._score_shares) == len(self.u3):
             self._close()
 
-    def _open(
-        self, points: list[tuple[int, int]], threshold: int, owner: int, what: str
-    ) -> int | None:
-        value, bad = open_vector([(x, (y,)) for x, y in points], threshold)
-        for x in sorted(bad):
-            self._blame(x - 1, EvidenceKind.INCONSISTENT_SHARE, f"{what} share of {owner}")
-        return None if value is None else int(value[0])
+    def _open_exact(
+        self,
+        entries: dict[K, list[tuple[int, tuple[int, ...]]]],
+        offset: int,
+        threshold: int,
+        what: str,
+    ) -> dict[K, int]:
+        """Open residue ``offset + i`` modulo the i-th prime of each key's points,
+        name the holders of bad shares, and recombine: exact value of each key whose
+        residues all opened."""
+        sk = self.cfg.sketch
+        assert sk is not None
+        per_prime: list[dict[K, int]] = []
+        for i, p in enumerate(sk.moduli):
+            pts = {key: [(x, s[offset + i]) for x, s in got] for key, got in entries.items()}
+            values, bad = open_many(pts, threshold, p)
+            for x in sorted(bad):
+                self._blame(x - 1, EvidenceKind.INCONSISTENT_SHARE, f"{what} share (mod {p})")
+            per_prime.append(values)
+        return {
+            key: exact([v[key] for v in per_prime], sk.moduli)
+            for key in entries
+            if all(key in v for v in per_prime)
+        }
 
     def _close_scores(self) -> None:
         sk = self.cfg.sketch
         assert self.u3 is not None and sk is not None
+        validators = sorted(self._score_shares.items())
+        owner_pts: dict[int, list[tuple[int, tuple[int, ...]]]] = {
+            u: [(v + 1, sh[u]) for v, (sh, _) in validators if u in sh] for u in sorted(self.u3)
+        }
+        deg2 = 2 * sk.threshold - 1
+        norms = self._open_exact(owner_pts, 0, deg2, "norm")
+        dots: dict[int, int] = {}
+        if sk.with_reference:
+            dots = self._open_exact(owner_pts, sk.primes, sk.threshold, "dot")
+        pair_vals: dict[tuple[int, int], int] = {}
+        if sk.pairwise:
+            pair_pts: dict[tuple[int, int], list[tuple[int, tuple[int, ...]]]] = {}
+            for v, (_, pairs) in validators:
+                for key, shares in pairs.items():
+                    pair_pts.setdefault(key, []).append((v + 1, shares))
+            pair_vals = self._open_exact(dict(sorted(pair_pts.items())), 0, deg2, "pair")
+        partners: dict[int, dict[int, int]] = {u: {} for u in self.u3}
+        for (u, v), val in pair_vals.items():
+            partners[u][v] = val
+            partners[v][u] = val
         scores: dict[int, SketchScore | None] = {}
         for u in sorted(self.u3):
-            got = [(v + 1, sh[u]) for v, sh in sorted(self._score_shares.items()) if u in sh]
-            norm = self._open([(x, s[0]) for x, s in got], 2 * sk.threshold - 1, u, "norm")
-            dot = (
-                self._open([(x, s[1]) for x, s in got], sk.threshold, u, "dot")
-                if sk.with_reference
-                else None
-            )
+            norm, dot = norms.get(u), dots.get(u)
             ok = norm is not None and (dot is not None or not sk.with_reference)
-            scores[u] = SketchScore(norm, dot) if ok and norm is not None else None
+            scores[u] = SketchScore(norm, dot, partners[u]) if ok and norm is not None else None
         self._score_shares.clear()
         self._goto(A.CONSISTENCY)
         self._announce_sets(scores)
@@ -530,7 +597,7 @@ class Aggregator(Machine[AggState]):
         cfg = self.cfg
         assert self.u3 is not None
         self.scores = scores
-        excluded = frozenset(self._hook(dict(scores)))
+        excluded = frozenset(self._hook(MappingProxyType(dict(scores)), self.sketch_seed))
         if not excluded <= self.u3 or not all(isinstance(u, int) for u in excluded):
             raise LocalProtocolError("exclusion hook returned non-survivors")
         if len(self.u3 - excluded) < cfg.min_sum:
@@ -704,18 +771,27 @@ class Aggregator(Machine[AggState]):
                 commitments={u: self._commit[u][0] for u in sorted(self.u3)},
                 scores=dict(self.scores),
                 sketch_sum=sketch_sum,
+                sketch_seed=self.sketch_seed,
             )
         )
 
-    def _open_sketch_sum(self) -> NDArray[np.int64] | None:
+    def _open_sketch_sum(self) -> NDArray[np.int64] | NDArray[np.object_] | None:
         sk = self.cfg.sketch
         if sk is None:
             return None
         got = [(w + 1, m.sketch_sum) for w, m in sorted(self._unmask.items()) if m.sketch_sum]
-        value, bad = open_vector(got, sk.threshold)
-        for x in sorted(bad):
-            self._blame(x - 1, EvidenceKind.INCONSISTENT_SHARE, "sketch-sum share")
-        return value
+        xs = [x for x, _ in got]
+        rows = sk.rows
+        residues: list[NDArray[np.int64]] = []
+        for i, p in enumerate(sk.moduli):
+            ys = np.array([s[i * rows : (i + 1) * rows] for _, s in got], dtype=np.int64)
+            value, bad = open_mod(xs, ys.reshape(len(xs), rows), sk.threshold, p)
+            for x in sorted(bad):
+                self._blame(x - 1, EvidenceKind.INCONSISTENT_SHARE, f"sketch-sum share (mod {p})")
+            if value is None:
+                return None
+            residues.append(value)
+        return exact_array(residues, sk.moduli)
 
     # replica: the primary's decisions ---------------------------------------
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from mpc import graph
+from mpc.field import PRIMES_31
 
 __all__ = [
     "GroupConfig",
@@ -85,27 +87,80 @@ class Timeouts:
 class SketchConfig:
     """The optional sketch stage (DESIGN.md, "Detection without seeing updates").
 
-    ``rows``: length r of each member's integer sketch z_u (entries must satisfy
-    ``|z| <= (P31 - 1) / 2``). ``threshold``: shares needed to open a linear score;
-    the degree-2 score (||z_u||^2) needs ``2 * threshold - 1`` validators.
-    ``with_reference``: validators also return shares of <z_u, ref> for a public
-    reference vector given to every member.
+    ``rows``: length r of each member's integer sketch z_u (int64 entries with
+    ``|z_i| < 2**62``). ``threshold``: shares needed to open a linear score; the
+    degree-2 scores (||z_u||^2, <z_u, z_v>) need ``2 * threshold - 1`` validators.
+    ``with_reference``: validators also open <z_u, z_ref> for a public reference
+    sketch given to every member (a fixed vector or a function of the sketch seed).
+    ``primes``: the scores are computed modulo each of the first ``primes`` primes of
+    :data:`mpc.field.PRIMES_31` (independent sharings) and recombined by the Chinese
+    remainder theorem, so every opened value is the exact integer as long as its
+    magnitude is at most :attr:`capacity` (beyond, it silently wraps modulo
+    :attr:`modulus`). ``pairwise``: validators also open <z_u, z_v> for every pair of
+    survivors (clone / Sybil similarity).
+
+    Choosing ``primes``: take a bound ``B`` on every |z_i| the protocol must score
+    exactly and use ``primes_for(max(rows * B**2, rows * B * R, n * B))`` (``R`` bounds
+    the reference's entries, ``n`` the group size; the last term covers the binding
+    sum). For ``z = S x`` with a :class:`mpc.sketch.SketchMap` ``S``, ``S.norm_bound(q)``
+    is a tighter exact bound on ||z||^2 and on |<z_u, z_v>| for ``|x_i| <= q``, and
+    ``S.max_abs(q)`` a bound on each |z_i|. A member's quantized input is not
+    range-checked, so use the worst case of the encoding (``q = 2**31`` for signed
+    uint32 inputs) unless scores of malicious inputs may wrap: e.g. ``dim = 10**6``,
+    ``rows = 1024``, ``nnz = 1`` gives ``norm_bound(2**31) < 2**92``: 3 primes (4 for
+    margin), and ``with_reference`` needs its own term.
     """
 
     rows: int
     threshold: int
     with_reference: bool = False
+    primes: int = 1
+    pairwise: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.rows <= 1 << 16:
             raise ValueError("sketch rows must be in [1, 65536]")
         if self.threshold < 1:
             raise ValueError("sketch threshold must be >= 1")
+        if isinstance(self.primes, bool) or not 1 <= self.primes <= len(PRIMES_31):
+            raise ValueError(f"sketch primes must be in [1, {len(PRIMES_31)}]")
+
+    @property
+    def moduli(self) -> tuple[int, ...]:
+        """The primes the sketches are shared modulo (the first ``primes`` of PRIMES_31)."""
+        return PRIMES_31[: self.primes]
+
+    @property
+    def modulus(self) -> int:
+        """M: the product of :attr:`moduli`."""
+        return math.prod(self.moduli)
+
+    @property
+    def capacity(self) -> int:
+        """(M - 1) // 2: the largest magnitude an opened value can have and be exact."""
+        return (self.modulus - 1) // 2
+
+    @staticmethod
+    def primes_for(bound: int) -> int:
+        """The fewest primes whose capacity is at least ``bound`` (see the class doc).
+
+        Raises ``ValueError`` if even all of :data:`mpc.field.PRIMES_31` fall short.
+        """
+        for k in range(1, len(PRIMES_31) + 1):
+            if (math.prod(PRIMES_31[:k]) - 1) // 2 >= bound:
+                return k
+        raise ValueError(f"no supported number of primes holds values up to {bound}")
 
     @property
     def n_scores(self) -> int:
-        """Scalars opened per member: ||z||^2, then <z, ref> when enabled."""
-        return 2 if self.with_reference else 1
+        """Score shares per owner in a ``ScoreShares``: ||z||^2 modulo each prime, then
+        <z, ref> modulo each prime when enabled."""
+        return self.primes * (2 if self.with_reference else 1)
+
+    def zero_count(self, survivors: int) -> int:
+        """Zero-sharings an owner deals per prime when ``survivors`` members share
+        sketches: one for its norm, plus one per other survivor when pairwise."""
+        return 1 + (survivors - 1 if self.pairwise else 0)
 
 
 @dataclass(frozen=True)

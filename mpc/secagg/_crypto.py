@@ -8,15 +8,17 @@ is bound to the group context plus a purpose tag and the ordered pair of members
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mpc import ka, shamir
 from mpc.errors import DecryptionError
-from mpc.field import BIG_PRIME, P31
+from mpc.field import BIG_PRIME
 from mpc.rand import Rng
+
+from ._config import SketchConfig
 
 __all__ = [
     "DecryptionError",
@@ -27,6 +29,8 @@ __all__ = [
     "encode_share_payload",
     "encode_sketch_payload",
     "public_of",
+    "sketch_ciphertext_bytes",
+    "sketch_payload_bytes",
     "sketch_seed",
     "valid_public",
 ]
@@ -112,33 +116,59 @@ def decode_share_payload(data: bytes, owner: int, holder: int) -> tuple[int, int
     return b, sk
 
 
+def sketch_payload_bytes(sketch: SketchConfig, validators: int) -> int:
+    """Length of one sketch payload when ``validators`` members share sketches."""
+    return 8 + 4 * sketch.primes * (sketch.rows + sketch.zero_count(validators))
+
+
+def sketch_ciphertext_bytes(sketch: SketchConfig, validators: int) -> int:
+    """Length of one encrypted sketch payload (payload + AEAD nonce and tag)."""
+    return sketch_payload_bytes(sketch, validators) + ka.OVERHEAD
+
+
 def encode_sketch_payload(
-    owner: int, holder: int, z_share: NDArray[np.int64], zero_share: int
+    owner: int, holder: int, z_share: NDArray[np.int64], zero_shares: NDArray[np.int64]
 ) -> bytes:
-    """Plaintext carrying one validator's share of z_owner and of the zero-sharing."""
-    body = np.asarray(z_share, dtype="<u4").tobytes()
+    """Plaintext carrying one validator's shares of z_owner, shape ``(primes, rows)``,
+    and of the owner's zero-sharings, shape ``(primes, zeros)`` (row i modulo the i-th
+    prime; entries canonical, so they fit 4 bytes)."""
     return (
-        owner.to_bytes(4, "big") + holder.to_bytes(4, "big") + zero_share.to_bytes(4, "big") + body
+        owner.to_bytes(4, "big")
+        + holder.to_bytes(4, "big")
+        + np.ascontiguousarray(z_share, dtype="<u4").tobytes()
+        + np.ascontiguousarray(zero_shares, dtype="<u4").tobytes()
     )
 
 
 def decode_sketch_payload(
-    data: bytes, owner: int, holder: int, rows: int
-) -> tuple[NDArray[np.int64], int]:
-    """Inverse of :func:`encode_sketch_payload`; ``ValueError`` unless well formed."""
-    if len(data) != 12 + 4 * rows:
+    data: bytes, owner: int, holder: int, moduli: Sequence[int], rows: int, zeros: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Inverse of :func:`encode_sketch_payload`: ``(z_share, zero_shares)`` as int64 of
+    shapes ``(primes, rows)`` and ``(primes, zeros)``.  ``ValueError`` unless the
+    length is exact, the header names (owner, holder) and every entry of row i is
+    below ``moduli[i]``."""
+    k = len(moduli)
+    if len(data) != 8 + 4 * k * (rows + zeros):
         raise ValueError("sketch payload has the wrong length")
     if int.from_bytes(data[:4], "big") != owner or int.from_bytes(data[4:8], "big") != holder:
         raise ValueError("sketch payload names other members")
-    zero = int.from_bytes(data[8:12], "big")
-    z = np.frombuffer(data, dtype="<u4", offset=12).astype(np.int64)
-    if zero >= P31 or bool((z >= P31).any()):
+    body = np.frombuffer(data, dtype="<u4", offset=8).astype(np.int64)
+    z = body[: k * rows].reshape(k, rows)
+    zero = body[k * rows :].reshape(k, zeros)
+    bound = np.array(moduli, dtype=np.int64)[:, None]
+    if bool((z >= bound).any()) or bool((zero >= bound).any()):
         raise ValueError("sketch share out of range")
     return z, zero
 
 
-def sketch_seed(context: bytes, commitments: Sequence[tuple[int, bytes]]) -> bytes:
-    """The public seed of the sketch map: H(context, the sorted commitments)."""
+def sketch_seed(context: bytes, commitments: Iterable[tuple[int, bytes]]) -> bytes:
+    """The public seed of the sketch map: SHA-256 over a tag, the group ``context`` and
+    the survivors' commitments ``(member, H(y_member))`` in member order.
+
+    Everyone learns it only after the commitment deadline (the primary's
+    ``SketchRequest`` carries the signed commitments; ``Aggregator.sketch_seed`` and
+    ``OutputReady.sketch_seed`` expose it), so no member can tailor its update to the
+    map derived from it."""
     h = hashlib.sha256(b"p2pfl/secagg/sketch\x00")
     h.update(len(context).to_bytes(4, "big") + context)
     for u, digest in sorted(commitments):

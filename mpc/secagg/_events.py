@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 from numpy.typing import NDArray
@@ -55,12 +56,31 @@ class Evidence:
     proof: tuple[object, ...] = ()
 
 
+def _no_pairs() -> Mapping[int, int]:
+    return MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class SketchScore:
-    """Opened scalar scores of one member's sketch (signed integers)."""
+    """Opened scores of one member u's sketch, as exact signed integers.
 
-    norm2: int
-    dot_ref: int | None = None
+    ``norm``: ||z_u||^2. ``dot``: <z_u, z_ref> (None without a reference). ``pairs``:
+    other member v -> <z_u, z_v> for each pair that was opened (empty unless the
+    sketch stage is pairwise; both members of a pair list it). Exact while each value
+    is within ``SketchConfig.capacity`` in magnitude, else reduced modulo
+    ``SketchConfig.modulus`` into that range. Immutable (``pairs`` is a read-only
+    mapping in increasing member order) and hashable.
+    """
+
+    norm: int
+    dot: int | None = None
+    pairs: Mapping[int, int] = field(default_factory=_no_pairs)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pairs", MappingProxyType(dict(sorted(self.pairs.items()))))
+
+    def __hash__(self) -> int:
+        return hash((self.norm, self.dot, tuple(self.pairs.items())))
 
 
 class Event:
@@ -112,9 +132,17 @@ class OutputReady(Event):
 
     ``dropped`` are members of U1 whose masked input did not arrive; ``excluded`` were
     excluded by the policy hook; ``scores`` are the opened sketch scores (None where a
-    member's could not be opened); ``sketch_sum`` is the opened sum of the included
-    members' sketches (for the binding check S @ total == sketch_sum), when enabled.
-    ``commitments`` maps each survivor to H(y_u).
+    member's could not be opened); ``commitments`` maps each survivor to H(y_u).
+
+    With a sketch stage, ``sketch_seed`` is the public seed of the sketch map and
+    ``sketch_sum`` the exact signed sum of the included members' sketches
+    (recombined across the primes), for the binding check
+    ``S @ signed(total) == sketch_sum``: an int64 array of shape ``(rows,)``, or an
+    object array of Python ints in the (only theoretical: |z_i| < 2**62 and
+    n <= 2**16) case that an entry does not fit int64. It is exact when every entry
+    of the true sum is within ``SketchConfig.capacity`` in magnitude (else reduced
+    modulo ``SketchConfig.modulus``); None when it could not be opened (an included
+    member shared no sketch, or too few consistent shares).
     """
 
     total: NDArray[np.uint32]
@@ -124,4 +152,5 @@ class OutputReady(Event):
     excluded: frozenset[int]
     commitments: Mapping[int, bytes] = field(default_factory=dict)
     scores: Mapping[int, SketchScore | None] = field(default_factory=dict)
-    sketch_sum: NDArray[np.int64] | None = None
+    sketch_sum: NDArray[np.int64] | NDArray[np.object_] | None = None
+    sketch_seed: bytes | None = None

@@ -22,6 +22,16 @@ y_u = x_u + PRG(b_u) + sum_{v in N(u) & U2} sign(u, v) PRG(KA(s_sk_u, s_pk_v)) m
 with sign +1 when u < v. b_u and s_sk_u are Shamir-shared (threshold t) among u's
 holders N(u) + {u} in U1, each share encrypted under KA(c_sk_u, c_pk_v).
 
+Sketch stage (when ``cfg.sketch`` is set): on the primary's SketchRequest the member
+derives the sketch seed from the signed commitments, computes z_u = sketch(seed)
+(exact int64) and, for each prime p of ``SketchConfig.moduli``, Shamir-shares
+z_u mod p among the validators U3 (threshold ``sketch.threshold``) together with
+fresh degree-2(t - 1) sharings of zero: one for its norm and, when pairwise, one per
+other survivor (the pair masks, see ``_pair_shares``). As a validator it then
+returns, per owner it holds and per prime, re-randomized shares of ||z_u||^2, linear
+shares of <z_u, z_ref>, and re-randomized shares of <z_u, z_v> per pair; at unmask it
+adds its shares of the sum of the included members' sketches.
+
 Privacy rests on three member-side rules, enforced here whatever the aggregators say:
 shares are revealed only after every required aggregator announced the same signed
 (U3, E) and at least t members of U3 signed it too; the announced sets must leave
@@ -76,7 +86,14 @@ __all__ = ["Member", "MemberState", "SketchFn"]
 _LITTLE_ENDIAN = sys.byteorder == "little"
 
 SketchFn = Callable[[bytes], NDArray[np.int64]]
-"""Maps the public sketch seed to this member's integer sketch z_u = S(seed) @ Q(x_u)."""
+"""Maps the public sketch seed to this member's exact integer sketch
+z_u = S(seed) @ signed(Q(x_u)): shape ``(rows,)``, any integer dtype, |z_i| < 2**62."""
+
+ReferenceFn = Callable[[bytes], NDArray[np.int64]]
+"""Maps the public sketch seed to the public reference sketch z_ref = S(seed) @ ref:
+shape ``(rows,)``, integers with |z_i| < 2**62 (every member must compute the same)."""
+
+_Z_LIMIT = 1 << 62
 
 
 class MemberState(enum.Enum):
@@ -135,7 +152,11 @@ class Member(Machine[MemberState]):
     the round keys are queued for the primary on construction. ``x`` (uint32, shape
     ``(cfg.dim,)``: the already-quantized update) may be given now or later with
     :meth:`set_input`. ``sketch`` is required when ``cfg.sketch`` is set, and
-    ``reference`` (signed ints, shape ``(rows,)``) when it asks for <z, ref>.
+    ``reference`` when it asks for <z, ref>: the public reference sketch z_ref as
+    signed ints of shape ``(rows,)`` (|z_i| < 2**62), or a function of the sketch
+    seed returning it (the map S is known only once the seed is: see
+    :class:`ReferenceFn`); a function that fails or returns a bad vector stops the
+    member with a ``ProtocolError``.
     ``out``: optional uint32 buffer for y_u, reused by the caller once the message
     has been delivered (benchmarks). Raises ``ValueError`` for inconsistent arguments.
     """
@@ -156,7 +177,7 @@ class Member(Machine[MemberState]):
         start: float,
         x: NDArray[np.uint32] | None = None,
         sketch: SketchFn | None = None,
-        reference: NDArray[np.int64] | None = None,
+        reference: NDArray[np.int64] | ReferenceFn | None = None,
         out: NDArray[np.uint32] | None = None,
         expander: MaskExpander | None = None,
     ) -> None:
@@ -164,11 +185,14 @@ class Member(Machine[MemberState]):
             raise ValueError("member index out of range")
         if cfg.sketch is not None and sketch is None:
             raise ValueError("this group has a sketch stage: pass sketch=")
-        self._ref: NDArray[np.int64] | None = None
+        self._ref_source: NDArray[np.int64] | ReferenceFn | None = None
         if cfg.sketch is not None and cfg.sketch.with_reference:
-            if reference is None or np.shape(reference) != (cfg.sketch.rows,):
-                raise ValueError("pass reference= of shape (rows,)")
-            self._ref = field.to_field(np.asarray(reference, dtype=np.int64))
+            if reference is None:
+                raise ValueError("this group scores a reference: pass reference=")
+            if not callable(reference):
+                self._ref_source = _checked_sketch(reference, cfg.sketch.rows, "reference")
+            else:
+                self._ref_source = reference
         super().__init__(cfg, index, sign, verify, M.KEYS)
         self.index = index
         self._rng = rng
@@ -186,14 +210,18 @@ class Member(Machine[MemberState]):
         self._u2: frozenset[int] = frozenset()
         self._held: dict[int, tuple[int, int]] = {}  # owner -> (b-share, sk-share)
         self._validators: tuple[int, ...] = ()
-        self._z_shares: dict[int, NDArray[np.int64]] = {}  # owner -> my share of z_owner
+        # owner -> my shares of z_owner (primes, rows) and of its zero-sharings (primes, k)
+        self._z_shares: dict[int, NDArray[np.int64]] = {}
+        self._zero_shares: dict[int, NDArray[np.int64]] = {}
+        self._ref: list[NDArray[np.int64]] = []  # z_ref modulo each prime
+        self.sketch_seed: bytes | None = None
         self._announcements: dict[int, Announce] = {}
         self._sets: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self._bundles: dict[int, frozenset[int]] = {}
         self.ledger = RevealLedger()
         self._b = b""
         self.commitment = b""
-        self._own_sketch: tuple[NDArray[np.int64], int] = (np.zeros(0, np.int64), 0)
+        self._own_sketch: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
         if x is not None:
             self._check_input(x)
             self._x = x
@@ -308,6 +336,8 @@ class Member(Machine[MemberState]):
     def _wipe(self) -> None:
         self._held.clear()
         self._z_shares.clear()
+        self._zero_shares.clear()
+        self._own_sketch = None
         self._c_keys.clear()
         self._keys = None
         self._x = None
@@ -457,20 +487,31 @@ class Member(Machine[MemberState]):
             return self._abort("too few validators for the sketch stage")
         self._emit_stage(Stage.SKETCH)
         seed = cx.sketch_seed(cfg.context, [(u, c[0]) for u, c in msg.commitments])
-        z = np.asarray(self._sketch_fn(seed))
-        half = (field.P31 - 1) // 2
-        if z.shape != (sk.rows,) or z.dtype.kind not in "iu" or bool((np.abs(z) > half).any()):
-            raise LocalProtocolError("sketch function returned a bad vector")
-        zf = field.to_field(z.astype(np.int64))
+        self.sketch_seed = seed
+        z = _checked_sketch(_call(self._sketch_fn, seed, "sketch"), sk.rows, "sketch")
+        if sk.with_reference:
+            src = self._ref_source
+            if callable(src):
+                ref = _checked_sketch(_call(src, seed, "reference"), sk.rows, "reference")
+            else:
+                assert src is not None
+                ref = src
+            self._ref = [np.mod(ref, p) for p in sk.moduli]
         xs = [v + 1 for v in owners]
-        z_sh = shamir.share_vector(zf, sk.threshold, xs, self._rng)  # (m, rows)
-        zero = shamir.share_zeros(1, sk.threshold, xs, self._rng)  # (m, 1)
+        k = sk.zero_count(len(owners))
+        # per prime: shares of z mod p (m, rows) and of k zeros of degree 2(t-1) (m, k)
+        z_sh = np.stack(
+            [shamir.share_vector(np.mod(z, p), sk.threshold, xs, self._rng, p=p) for p in sk.moduli]
+        )  # (primes, m, rows)
+        zeros = np.stack(
+            [shamir.share_zeros(k, sk.threshold, xs, self._rng, p=p) for p in sk.moduli]
+        )  # (primes, m, k)
         cts: list[tuple[int, bytes]] = []
         for i, v in enumerate(owners):
             if v == me:
-                self._own_sketch = (z_sh[i].copy(), int(zero[i, 0]))
+                self._own_sketch = (z_sh[:, i].copy(), zeros[:, i].copy())
                 continue
-            payload = cx.encode_sketch_payload(me, v, z_sh[i], int(zero[i, 0]))
+            payload = cx.encode_sketch_payload(me, v, z_sh[:, i], zeros[:, i])
             aad = cx.share_aad(cfg.context, me, v, b"sketch")
             cts.append((v, cx.encrypt(self._c_key(v), payload, aad, self._rng)))
         self._validators = tuple(owners)
@@ -479,9 +520,10 @@ class Member(Machine[MemberState]):
 
     def _on_sketch_relay(self, msg: SketchRelay) -> None:
         cfg, me = self.cfg, self.index
-        assert cfg.sketch is not None
-        rows = cfg.sketch.rows
-        shares: dict[int, tuple[NDArray[np.int64], int]] = {me: self._own_sketch}
+        sk = cfg.sketch
+        assert sk is not None and self._own_sketch is not None
+        k = sk.zero_count(len(self._validators))
+        shares: dict[int, tuple[NDArray[np.int64], NDArray[np.int64]]] = {me: self._own_sketch}
         for u, ct in msg.ciphertexts:
             if u not in self._validators or u == me:
                 self._blame(
@@ -492,22 +534,74 @@ class Member(Machine[MemberState]):
                 continue
             aad = cx.share_aad(cfg.context, u, me, b"sketch")
             try:
-                shares[u] = cx.decode_sketch_payload(
-                    cx.decrypt(self._c_key(u), ct, aad), u, me, rows
-                )
-            except (cx.DecryptionError, ValueError) as e:
+                plain = cx.decrypt(self._c_key(u), ct, aad)
+            except cx.DecryptionError as e:
                 self._blame(u, EvidenceKind.DECRYPTION_FAILED, f"sketch share: {e}")
+                continue
+            try:
+                shares[u] = cx.decode_sketch_payload(plain, u, me, sk.moduli, sk.rows, k)
+            except ValueError as e:  # authentic (AEAD under u's key) but malformed
+                self._blame(u, EvidenceKind.MALFORMED, f"sketch payload: {e}")
         owners = sorted(shares)
-        z = np.stack([shares[u][0] for u in owners])  # (U, rows)
-        mask = np.array([shares[u][1] for u in owners], dtype=np.int64)  # (U,)
-        cols = [shamir.local_sq_norms(z, mask=mask)]
-        if self._ref is not None:
-            cols.append(shamir.local_inner_public(z, self._ref))
-        scores = tuple((u, tuple(int(c[i]) for c in cols)) for i, u in enumerate(owners))
-        self._z_shares = {u: z[i] for i, u in enumerate(owners)}
+        z = np.stack([shares[u][0] for u in owners], axis=1)  # (primes, U, rows)
+        zero = np.stack([shares[u][1] for u in owners], axis=1)  # (primes, U, k)
+        cols: list[NDArray[np.int64]] = []  # per score kind and prime: (U,)
+        for i, p in enumerate(sk.moduli):
+            cols.append(shamir.local_sq_norms(z[i], mask=zero[i, :, 0].copy(), p=p))
+        if sk.with_reference:
+            for i, p in enumerate(sk.moduli):
+                cols.append(shamir.local_inner_public(z[i], self._ref[i], p=p))
+        scores = tuple((u, tuple(int(c[a]) for c in cols)) for a, u in enumerate(owners))
+        pairs: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
+        if sk.pairwise and len(owners) > 1:
+            pairs = self._pair_shares(owners, z, zero)
+        self._z_shares = {u: z[:, a] for a, u in enumerate(owners)}
+        self._zero_shares = {u: zero[:, a] for a, u in enumerate(owners)}
         for a in cfg.aggregators:
-            self._send(a, ScoreShares(scores))
+            self._send(a, ScoreShares(scores, pairs))
         self._goto(M.ANNOUNCE)
+
+    def _pair_shares(
+        self, owners: list[int], z: NDArray[np.int64], zero: NDArray[np.int64]
+    ) -> tuple[tuple[int, int, tuple[int, ...]], ...]:
+        """Degree-2 shares of <z_u, z_v> for the held owners u < v, each re-randomized
+        with the SUM of u's zero-sharing for v and v's zero-sharing for u.
+
+        Why both: the opened polynomial is P = <f_u, f_v> + r, with f_u, f_v the
+        sharing polynomials of z_u and z_v (degree t - 1) and r the mask (degree
+        2(t - 1), r(0) = 0). The aggregators see P at 2t - 1 points, i.e. all of it.
+        If r were dealt by u alone, u (who knows f_u and r) colluding with the
+        aggregators and t - 1 validators would learn the whole product polynomial
+        <f_u, f_v>: 2t - 1 linear equations in f_v's coefficients beyond the one
+        opened value, which together with the colluders' t - 1 points of f_v pin
+        down further linear functions of z_v (all of it when rows is small). With
+        r = r_u + r_v, r_v is uniform among degree-2(t - 1) polynomials vanishing at
+        0 apart from the t - 1 colluders' points of it, so P is uniform apart from
+        its constant term and the colluders' own points: the opening reveals
+        <z_u, z_v> and nothing else as long as either u or v is honest.
+        """
+        sk = self.cfg.sketch
+        assert sk is not None
+        pos = {v: i for i, v in enumerate(self._validators)}  # U3, increasing
+        # column of u's zero-sharings reserved for v: 1 + v's position in U3 minus u
+        col = {
+            u: np.array([1 + pos[v] - (v > u) for v in owners if v != u], dtype=np.intp)
+            for u in owners
+        }
+        n_own = len(owners)
+        grams: list[NDArray[np.int64]] = []
+        for i, p in enumerate(sk.moduli):
+            dealt = np.zeros((n_own, n_own), dtype=np.int64)  # [a, b]: a's zero for b
+            for a, u in enumerate(owners):
+                others = [b for b in range(n_own) if b != a]
+                dealt[a, others] = zero[i, a, col[u]]
+            mask = field.add(dealt, np.ascontiguousarray(dealt.T), p)  # r_u(me) + r_v(me)
+            grams.append(shamir.local_gram(z[i], mask=mask, p=p))
+        return tuple(
+            (owners[a], owners[b], tuple(int(g[a, b]) for g in grams))
+            for a in range(n_own)
+            for b in range(a + 1, n_own)
+        )
 
     # ------------------------------------------------------------ stage 4
 
@@ -620,10 +714,11 @@ class Member(Machine[MemberState]):
                 sk_out.append((owner, sk_share))
         sketch_sum: tuple[int, ...] | None = None
         if cfg.sketch is not None and included <= set(self._z_shares):
-            acc = np.zeros(cfg.sketch.rows, dtype=np.int64)
-            for u in sorted(included):
-                acc = field.add(acc, self._z_shares[u])
-            sketch_sum = tuple(int(v) for v in acc)
+            moduli = np.array(cfg.sketch.moduli, dtype=np.int64)[:, None]
+            acc = np.zeros((len(moduli), cfg.sketch.rows), dtype=np.int64)
+            for u in sorted(included):  # each share < 2**31: no overflow for n <= 2**16
+                acc += self._z_shares[u]
+            sketch_sum = tuple(int(v) for v in (acc % moduli).reshape(-1))
         msg = UnmaskShares(tuple(b_out), tuple(sk_out), sketch_sum)
         for a in sorted(self._bundles):
             self._send(a, msg)
@@ -634,3 +729,26 @@ class Member(Machine[MemberState]):
 
     def _may_flush(self, msg: Message) -> bool:
         return False
+
+
+def _call(fn: Callable[[bytes], NDArray[np.int64]], seed: bytes, what: str) -> object:
+    try:
+        return fn(seed)
+    except Exception as e:  # the caller's function: our side's failure, not the peer's
+        raise LocalProtocolError(f"the {what} function failed: {type(e).__name__}: {e}") from e
+
+
+def _checked_sketch(v: object, rows: int, what: str) -> NDArray[np.int64]:
+    """``v`` as int64 of shape ``(rows,)`` with |v_i| < 2**62, else ``ValueError``
+    (``LocalProtocolError`` when it came from the caller's function at run time)."""
+    arr = np.asarray(v)
+    if arr.shape != (rows,) or arr.dtype.kind not in "iu":
+        raise _BadSketch(f"{what} must be an integer array of shape ({rows},)")
+    if arr.size and (int(arr.max()) >= _Z_LIMIT or int(arr.min()) <= -_Z_LIMIT):
+        raise _BadSketch(f"{what} has entries of magnitude >= 2**62")
+    return arr.astype(np.int64)
+
+
+class _BadSketch(LocalProtocolError, ValueError):
+    """A sketch or reference vector of the wrong shape, dtype or range (a local error
+    at run time, a ``ValueError`` for the constructor's caller)."""

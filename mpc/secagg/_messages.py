@@ -23,9 +23,10 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from mpc.field import BIG_PRIME, P31
+from mpc.field import BIG_PRIME
 
 from ._config import GroupConfig, Stage
+from ._crypto import sketch_ciphertext_bytes
 
 __all__ = [
     "AbortNotice",
@@ -110,9 +111,26 @@ def _pairs(x: object, n: int, what: str) -> tuple[tuple[int, Any], ...]:
     return x
 
 
-def _ciphertexts(x: object, n: int, what: str) -> None:
+def _ciphertexts(x: object, n: int, what: str, most: int = MAX_CIPHERTEXT_BYTES) -> None:
     for _, ct in _pairs(x, n, what):
-        _bytes(ct, what, most=MAX_CIPHERTEXT_BYTES)
+        _bytes(ct, what, most=most)
+
+
+def _sketch_ciphertexts(x: object, cfg: GroupConfig, what: str) -> None:
+    """Sketch payloads: at most as long as with every member a validator (the exact
+    length, which depends on U3, is checked by the machines)."""
+    if cfg.sketch is None:
+        raise MessageError("no sketch stage in this group")
+    _ciphertexts(x, cfg.n, what, sketch_ciphertext_bytes(cfg.sketch, cfg.n))
+
+
+def _residues(x: object, moduli: Sequence[int], what: str) -> None:
+    """A tuple of ints, the i-th canonical modulo ``moduli[i % len(moduli)]``."""
+    if not isinstance(x, tuple) or len(x) % len(moduli):
+        raise MessageError(f"{what}: expected a tuple of residues")
+    k = len(moduli)
+    for i, v in enumerate(x):
+        _int(v, 0, moduli[i % k], what)
 
 
 def _sig(x: object) -> None:
@@ -289,13 +307,16 @@ class SketchRequest(Message):
 
 @dataclass(frozen=True)
 class SketchShares(Message):
-    """Stage 3, owner u -> primary: ``(v, AEAD_{c_uv}(z-share, zero-share))`` per validator."""
+    """Stage 3, owner u -> primary: ``(v, AEAD_{c_uv}(payload))`` per other validator v
+    in U3; the payload holds v's shares of z_u and of u's zero-sharings modulo each
+    prime (``_crypto.encode_sketch_payload``: ``8 + 4 * primes * (rows + zeros)``
+    bytes, ``zeros = 1`` or ``|U3|`` when pairwise)."""
 
     TO_AGGREGATOR: ClassVar[bool] = True
     ciphertexts: tuple[tuple[int, bytes], ...]
 
     def check(self, cfg: GroupConfig) -> None:
-        _ciphertexts(self.ciphertexts, cfg.n, "ciphertexts")
+        _sketch_ciphertexts(self.ciphertexts, cfg, "ciphertexts")
 
 
 @dataclass(frozen=True)
@@ -305,25 +326,49 @@ class SketchRelay(Message):
     ciphertexts: tuple[tuple[int, bytes], ...]
 
     def check(self, cfg: GroupConfig) -> None:
-        _ciphertexts(self.ciphertexts, cfg.n, "ciphertexts")
+        _sketch_ciphertexts(self.ciphertexts, cfg, "ciphertexts")
 
 
 @dataclass(frozen=True)
 class ScoreShares(Message):
-    """Stage 3, validator -> every aggregator: per owner, shares of the requested
-    scores over P31 (``sketch.n_scores`` ints: ||z||^2 re-randomized, then <z, ref>)."""
+    """Stage 3, validator -> every aggregator: its shares of the scores.
+
+    ``scores``: per owner u it holds a sketch of, ``sketch.n_scores`` residues: its
+    share of ||z_u||^2 (re-randomized) modulo each prime of ``sketch.moduli`` in
+    order, then of <z_u, ref> modulo each prime when ``with_reference``. ``pairs``
+    (only when ``sketch.pairwise``): ``(u, v, shares)`` for owners u < v it holds, in
+    increasing (u, v) order, ``shares`` its share of <z_u, z_v> (re-randomized)
+    modulo each prime. Share i of a tuple is below ``moduli[i % primes]``.
+    """
 
     TO_AGGREGATOR: ClassVar[bool] = True
     scores: tuple[tuple[int, tuple[int, ...]], ...]
+    pairs: tuple[tuple[int, int, tuple[int, ...]], ...] = ()
 
     def check(self, cfg: GroupConfig) -> None:
-        if cfg.sketch is None:
+        sk = cfg.sketch
+        if sk is None:
             raise MessageError("no sketch stage in this group")
         for _, s in _pairs(self.scores, cfg.n, "scores"):
-            if not isinstance(s, tuple) or len(s) != cfg.sketch.n_scores:
+            if not isinstance(s, tuple) or len(s) != sk.n_scores:
                 raise MessageError("scores: wrong number of scores")
-            for x in s:
-                _int(x, 0, P31, "score share")
+            _residues(s, sk.moduli, "score share")
+        if not isinstance(self.pairs, tuple):
+            raise MessageError("pairs: expected a tuple")
+        if self.pairs and not sk.pairwise:
+            raise MessageError("pairs: this group does not score pairs")
+        prev = (-1, -1)
+        for item in self.pairs:
+            if not isinstance(item, tuple) or len(item) != 3:
+                raise MessageError("pairs: expected (u, v, shares) triples")
+            u = _int(item[0], 0, cfg.n, "pairs")
+            v = _int(item[1], 0, cfg.n, "pairs")
+            if not u < v or (u, v) <= prev:
+                raise MessageError("pairs: need u < v, in strictly increasing order")
+            prev = (u, v)
+            if not isinstance(item[2], tuple) or len(item[2]) != sk.primes:
+                raise MessageError("pairs: one share per prime")
+            _residues(item[2], sk.moduli, "pair share")
 
 
 @dataclass(frozen=True)
@@ -411,7 +456,9 @@ class UnmaskShares(Message):
     """Stage 5, member -> every aggregator: shares of b_v for included survivors v,
     shares of s_sk_v for dropped or excluded v (never both for one v), as
     ``(owner, share)`` with shares in [0, BIG_PRIME); with a sketch stage also the
-    member's share of the sum of the included members' sketches (r values mod P31).
+    member's share of the sum of the included members' sketches: ``rows`` residues
+    modulo each prime of ``sketch.moduli`` in turn (``primes * rows`` values, entry j
+    below ``moduli[j // rows]``).
     """
 
     TO_AGGREGATOR: ClassVar[bool] = True
@@ -427,10 +474,11 @@ class UnmaskShares(Message):
         if self.sketch_sum is not None:
             if cfg.sketch is None or not isinstance(self.sketch_sum, tuple):
                 raise MessageError("sketch_sum: unexpected")
-            if len(self.sketch_sum) != cfg.sketch.rows:
+            rows, moduli = cfg.sketch.rows, cfg.sketch.moduli
+            if len(self.sketch_sum) != rows * len(moduli):
                 raise MessageError("sketch_sum: wrong length")
-            for x in self.sketch_sum:
-                _int(x, 0, P31, "sketch_sum")
+            for j, x in enumerate(self.sketch_sum):
+                _int(x, 0, moduli[j // rows], "sketch_sum")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from mpc.rand import Rng, SeededRng
 from ._aggregator import Aggregator, ExclusionHook
 from ._config import GroupConfig
 from ._events import Event, OutputReady
-from ._member import Member, SketchFn
+from ._member import Member, ReferenceFn, SketchFn
 from ._messages import Message, UnmaskShares
 
 __all__ = ["Delivery", "FakeIdentities", "Harness", "build_group"]
@@ -243,7 +243,7 @@ def build_group(
     start: float = 0.0,
     ids: FakeIdentities | None = None,
     sketches: Sequence[SketchFn] | None = None,
-    reference: NDArray[np.int64] | None = None,
+    reference: NDArray[np.int64] | ReferenceFn | None = None,
     decide_exclusions: ExclusionHook | None = None,
     rng_factory: Callable[[bytes], Rng] = SeededRng,
     **harness_args: object,

@@ -24,7 +24,7 @@ from .aggregation import (
     GroupSumReady,
 )
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import Federation, Threshold, federation_from_dict, load_federation
+from .config import Detection, Federation, Threshold, federation_from_dict, load_federation
 from .events import (
     BROADCAST,
     GroupOutcome,
@@ -38,6 +38,7 @@ from .events import (
     TrainRequested,
     clip_update,
 )
+from .ledger_params import LedgerParams
 from .messages import (
     AbortBody,
     Endorsement,
@@ -80,6 +81,7 @@ __all__ = [
     "CaughtUp",
     "CheckpointError",
     "Contribution",
+    "Detection",
     "Endorsement",
     "Federation",
     "GlobalState",
@@ -90,6 +92,7 @@ __all__ = [
     "GroupPayload",
     "GroupResolved",
     "GroupSumReady",
+    "LedgerParams",
     "Misbehaviour",
     "OutOfSync",
     "Outgoing",

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Final
 
 import numpy as np
 
-from mpc.field import P31
+from mpc.field import P31, PRIMES_31
 from mpc.secagg import (
     AbortNotice,
     Announce,
@@ -63,6 +63,7 @@ _MAX_PARTIES: Final = 1 << 16
 _MAX_SIG: Final = 512  # mpc.secagg._messages.MAX_SIG_BYTES
 _MAX_CT: Final = 1 << 20  # ... MAX_CIPHERTEXT_BYTES
 _MAX_AGGS: Final = 64
+_MAX_PRIMES: Final = len(PRIMES_31)
 
 Party = Annotated[int, Range(0, _MAX_PARTIES - 1)]
 Indices = Annotated[tuple[Party, ...], MaxLen(_MAX_PARTIES)]
@@ -131,8 +132,10 @@ class WSketchRelay:
 
 @message(0x040A)
 class WScoreShares:
-    scores: Annotated[tuple[tuple[Party, Annotated[tuple[F31, ...], MaxLen(2)]], ...],
+    scores: Annotated[tuple[tuple[Party, Annotated[tuple[F31, ...], MaxLen(2 * _MAX_PRIMES)]], ...],
                       MaxLen(_MAX_PARTIES)]
+    pairs: Annotated[tuple[tuple[Party, Party, Annotated[tuple[F31, ...], MaxLen(_MAX_PRIMES)]], ...],
+                     MaxLen(1 << 22)] = ()
 
 
 @message(0x040B)
@@ -163,7 +166,7 @@ class WSigBundle:
 class WUnmaskShares:
     b_shares: Shares
     sk_shares: Shares
-    sketch_sum: Annotated[tuple[F31, ...], MaxLen(_MAX_PARTIES)] | None
+    sketch_sum: Annotated[tuple[F31, ...], MaxLen(_MAX_PRIMES << 16)] | None
 
 
 @message(0x0410)
@@ -255,8 +258,8 @@ def max_payload(cfg: GroupConfig) -> int:
     the masked input (4 bytes per coordinate) or O(n) keys, ciphertexts, shares and
     signatures (times the aggregators, for echoed announcements)."""
     per_party = 512 * (2 + len(cfg.aggregators))
-    if cfg.sketch is not None:
-        per_party += 16 * cfg.sketch.rows + 256
+    if cfg.sketch is not None:  # shares of z and zero-sharings, score and pair shares
+        per_party += 8 * cfg.sketch.primes * (cfg.sketch.rows + 4 * cfg.n) + 512
     return 4 * cfg.dim + cfg.n * per_party + 8192
 
 

@@ -54,6 +54,7 @@ from p2pfl.wire import PeerId
 if TYPE_CHECKING:
     from p2pfl.identity import Identity
 
+    from .adversary import Adversary
     from .config import Federation
     from .schedule import Group
 
@@ -138,7 +139,10 @@ class AggregationContext:
     clock the machine is driven with); ``rng`` the randomness source;
     ``public_key(peer)`` the Ed25519 identity key of a peer when known (to verify
     signatures made inside the protocol), else None.  A member's party index is its
-    position in ``group.members``.
+    position in ``group.members``.  ``reference``: the previous round's global update
+    (public; None in round 0), the sketch stage's reference direction; ``weight_of``:
+    a member's public weight factor (its largest possible weight, from the ledger);
+    ``adversary``: this peer's simulated misbehaviour (None: honest).
     """
 
     federation: Federation
@@ -153,6 +157,9 @@ class AggregationContext:
     input_deadline: float
     rng: Rng
     public_key: Callable[[PeerId], bytes | None]
+    reference: np.ndarray | None = None
+    weight_of: Callable[[PeerId], float] = lambda peer: 1.0
+    adversary: Adversary | None = None
 
 
 class GroupAggregation(Protocol):

@@ -58,6 +58,22 @@ Layout (every key except ``name`` and ``task`` has a default)::
     newcomer_rounds = 5       # open: rounds a newcomer's weight stays capped
     newcomer_weight = 0.25
 
+    [detection]               # the sketch stage and exclusion policy (secure only)
+    enabled = false
+    rows = 1024               # sketch length r
+    nnz = 1                   # non-zeros per column of the sketch map
+    norm_slack = 0.5          # ||z|| may exceed the clip bound's image by this fraction
+    clone_cos = 0.95          # two members closer than this are clones (both excluded)
+    reference_rounds = 5      # the reference: the global model's move over this many rounds
+    direction_min = 0.05      # exclude cos(z, ref) < -max(direction_min, ...
+    direction_ratio = 0.25    #   ... direction_ratio * median cos of the group)
+    group_direction_min = 0.15  # round 0 (no reference): the same against the group
+    stale_cos = 0.98          # cos(z, ref) above this: a replayed (stale) update
+    zero_fraction = 0.001     # ||z|| below this fraction of the bound: a zero update
+
+    [ledger]                  # reputation and credits: p2pfl.federation.LedgerParams
+    floor = 0.2               # (every field of LedgerParams; all have defaults)
+
 Every invalid value raises :class:`~p2pfl.errors.ConfigError` naming the key and why.
 """
 
@@ -70,7 +86,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Final
@@ -81,11 +97,14 @@ from p2pfl.errors import ConfigError
 from p2pfl.learning.strategy import Strategy, make_strategy
 from p2pfl.wire import PeerId
 
+from .ledger_params import LedgerParams
+
 if TYPE_CHECKING:
     from p2pfl.learning.task import TrainConfig
 
 __all__ = [
     "Cohort",
+    "Detection",
     "Federation",
     "LocalTraining",
     "Membership",
@@ -165,6 +184,11 @@ class _Table:
         if type(v) is not bool:
             raise ConfigError(f"{self.name(key)}: must be true or false, got {v!r}")
         return v
+
+    def consume_all(self) -> dict[str, Any]:
+        """Every key of the table (validated by the caller), all marked used."""
+        self.used.update(self.data)
+        return dict(self.data)
 
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.used)
@@ -273,6 +297,26 @@ class Membership:
         return self.policy == "open" or peer in self.member_ids
 
 
+@dataclass(frozen=True)
+class Detection:
+    """The sketch stage and its exclusion policy (see :mod:`p2pfl.federation.policy`).
+
+    Only for secure federations; ``enabled = false`` runs secure aggregation without
+    scoring (no exclusions, no binding check)."""
+
+    enabled: bool = False
+    rows: int = 1024
+    nnz: int = 1
+    norm_slack: float = 0.5
+    clone_cos: float = 0.95
+    reference_rounds: int = 5
+    direction_min: float = 0.05
+    direction_ratio: float = 0.25
+    group_direction_min: float = 0.15
+    stale_cos: float = 0.98
+    zero_fraction: float = 0.001
+
+
 @dataclass(frozen=True, eq=False)
 class Federation:
     """A parsed, validated and normalized federation file.
@@ -292,6 +336,8 @@ class Federation:
     secagg: SecAgg
     timeouts: Timeouts
     membership: Membership
+    detection: Detection = field(default_factory=Detection)
+    ledger: LedgerParams = field(default_factory=LedgerParams)
 
     def to_dict(self) -> dict[str, Any]:
         """The normalized federation as plain TOML-compatible data (round-trips)."""
@@ -321,6 +367,8 @@ class Federation:
                     else {}
                 ),
             },
+            "detection": _fields(self.detection),
+            "ledger": self.ledger.to_dict(),
         }
 
     @cached_property
@@ -404,9 +452,42 @@ def federation_from_dict(data: Mapping[str, Any]) -> Federation:
     secagg = _secagg(top.table("secagg"), cohort, secure)
     timeouts = _timeouts(top.table("timeouts"), cohort, secure)
     membership = _membership(top.table("membership"))
+    detection = _detection(top.table("detection"), cohort, secagg, secure)
+    if detection.enabled:
+        need = (timeouts.train + cohort.aggregators * (timeouts.sign + timeouts.failover)
+                + 7 * timeouts.stage)
+        if timeouts.round < need:
+            raise ConfigError(
+                f"timeouts.round: must be >= {need:g} s with detection enabled (train + "
+                f"aggregators * (sign + failover) + 7 * stage: the sketch stage adds two "
+                f"stages), got {timeouts.round:g}")
+    ledger = LedgerParams.from_dict(top.table("ledger").consume_all())
     top.finish()
     return Federation(name, task, seed, secure, strategy, training, update, cohort, secagg,
-                      timeouts, membership)
+                      timeouts, membership, detection, ledger)
+
+
+def _detection(t: _Table, cohort: Cohort, secagg: SecAgg, secure: bool) -> Detection:
+    out = Detection(
+        enabled=t.flag("enabled", False),
+        rows=t.integer("rows", 1024, lo=16, hi=1 << 16),
+        nnz=t.integer("nnz", 1, lo=1, hi=16),
+        norm_slack=t.number("norm_slack", 0.5, lo=0.0),
+        clone_cos=t.number("clone_cos", 0.95, lo=0.0, hi=1.0),
+        reference_rounds=t.integer("reference_rounds", 5, lo=1, hi=1 << 10),
+        direction_min=t.number("direction_min", 0.05, lo=0.0, hi=1.0),
+        direction_ratio=t.number("direction_ratio", 0.25, lo=0.0, hi=1.0),
+        group_direction_min=t.number("group_direction_min", 0.15, lo=0.0, hi=1.0),
+        stale_cos=t.number("stale_cos", 0.98, lo=0.0, hi=1.0),
+        zero_fraction=t.number("zero_fraction", 0.001, lo=0.0, hi=1.0),
+    )
+    if out.enabled:
+        if not secure:
+            raise ConfigError("detection.enabled: the sketch stage needs secure = true")
+        if out.nnz > out.rows:
+            raise ConfigError(f"detection.nnz: must be <= detection.rows ({out.rows})")
+    t.finish()
+    return out
 
 
 def _strategy(t: _Table) -> Strategy:

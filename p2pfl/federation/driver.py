@@ -64,7 +64,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import numpy as np
 import trio
@@ -90,6 +90,7 @@ from ._driver_support import (
     federation_topic,
     signer_of,
 )
+from .adversary import Adversary
 from .aggregation import AggregationFactory
 from .checkpoint import save_checkpoint
 from .config import Federation
@@ -135,6 +136,33 @@ Trainer = Callable[[TrainRequested], tuple[np.ndarray, int]]  # → (w_local −
 FaultHook = Callable[[str, int], bool]  # fault(stage, round); True halts the driver
 
 
+class LedgerHooks(Protocol):
+    """What the driver needs from the ledger (:class:`p2pfl.ledger.RoundLedger`; the
+    federation layer cannot import the ledger layer)."""
+
+    @property
+    def head(self) -> bytes: ...
+
+    def weight(self, peer: PeerId) -> float: ...
+
+    def weight_factor(self, peer: PeerId) -> float: ...
+
+    def record_round(self, completed: RoundCompleted, schedule: RoundSchedule,
+                     aborts: Iterable[SignedGroupAbort], now: float) -> None: ...
+
+    def behind(self, now: float) -> None: ...
+
+    def handles(self, msg: object) -> bool: ...
+
+    def receive(self, sender: PeerId, msg: object, now: float) -> None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def messages_to_send(self) -> list[tuple[PeerId, object]]: ...
+
+
 class FederationDriver:
     """Runs the rounds of ``federation`` for ``identity`` over ``overlay`` (see the
     module docstring).  Start it with ``await nursery.start(driver.run)``.
@@ -142,8 +170,10 @@ class FederationDriver:
     ``trainer`` answers ``TrainRequested``; ``state`` is where to start; ``aggregation``
     the backend factory; ``candidates`` the agreed cohort candidates; ``rng`` the protocol
     randomness (default: the OS CSPRNG); ``checkpoint`` the file to checkpoint the state
-    of every round start to; ``limiter`` bounds training threads; ``ledger_head`` and
-    ``weight_factor`` are the ledger's inputs (none yet: zero head, weight 1);
+    of every round start to; ``limiter`` bounds training threads; ``ledger`` the
+    peer's ledger (:class:`LedgerHooks`: head, weights, records, sync) -- without one,
+    ``ledger_head`` and ``weight_factor`` (default: zero head, weight 1);
+    ``adversary`` makes this a simulated attacker (simulations only);
     ``penalize(peer, reason)`` lowers a peer's score (None: offences are only logged);
     ``warmup``: delay before the first round; ``presence_interval``: seconds between
     :class:`Presence` announcements (0: once).
@@ -160,6 +190,7 @@ class FederationDriver:
         penalize: Callable[[PeerId, str], None] | None = None, fault: FaultHook | None = None,
         warmup: float = 0.0, presence_interval: float = 60.0,
         public_key: Callable[[PeerId], bytes | None] | None = None,
+        ledger: LedgerHooks | None = None, adversary: Adversary | None = None,
     ) -> None:
         if state.federation_id != federation.id:
             raise LocalProtocolError("state belongs to another federation")
@@ -179,6 +210,11 @@ class FederationDriver:
         self._ckpt = Path(checkpoint) if checkpoint is not None else None
         self._inline = train_inline
         self._limiter = limiter
+        self._ledger = ledger
+        self._adversary = adversary
+        if ledger is not None:
+            ledger_head = lambda: ledger.head  # noqa: E731
+            weight_factor = lambda r: ledger.weight_factor(self.me)  # noqa: E731
         self._ledger_head = ledger_head
         self._weight_factor = weight_factor
         self._penalize = penalize
@@ -198,6 +234,7 @@ class FederationDriver:
         self._pulls: dict[bytes, tuple[PeerId, int]] = {}  # nonce -> (asked peer, round)
         self._ahead = -1  # the latest round any message named
         self._history: OrderedDict[int, tuple[GlobalState, RoundMachine]] = OrderedDict()
+        self._models: dict[int, np.ndarray] = {}  # round -> the model it started from
         self._buffer = Buffer(_BUFFER_MAX)
         self._recent: dict[int, list[Item]] = {}  # broadcasts of recent rounds
         self._served: dict[PeerId, float] = {}
@@ -430,6 +467,9 @@ class FederationDriver:
         is_outcome = isinstance(msg, SignedGroupResult | SignedGroupAbort)
         if broadcast and isinstance(msg, Presence):
             return  # its purpose is served: the overlay learned the origin's address
+        if self._ledger is not None and not broadcast and self._ledger.handles(msg):
+            self._ledger.receive(origin, msg, now)
+            return
         if broadcast != is_outcome:
             how = "broadcast" if broadcast else "sent directly"
             raise RemoteProtocolError(f"{type(msg).__name__} {how}", peer=origin)
@@ -569,10 +609,14 @@ class FederationDriver:
             self._rm.handle_timer(now)
         if self._catchup is not None:
             self._catchup.handle_timer(now)
+        if self._ledger is not None:
+            self._ledger.handle_timer(now)
         self._flush()
 
     def _deadline(self) -> float:
         times = [self._next_start, self._behind_at, self._pull_at, self._sync_deadline]
+        if self._ledger is not None:
+            times.append(self._ledger.next_deadline())
         if self._rm is not None:
             times.append(self._rm.next_deadline())
         if self._catchup is not None:
@@ -602,17 +646,37 @@ class FederationDriver:
 
     def _machine(self, state: GlobalState, schedule: RoundSchedule,
                  factory: AggregationFactory | None = None) -> RoundMachine:
+        led = self._ledger
         return RoundMachine(self.federation, self.identity, state, schedule,
                             aggregation=factory or self._factory, rng=self._rng,
                             weight_factor=self._weight_factor(state.round),
-                            public_key=self._public_key)
+                            public_key=self._public_key, reference=self._reference(state),
+                            weight_of=led.weight_factor if led is not None else None,
+                            adversary=self._adversary)
+
+    def _reference(self, state: GlobalState) -> np.ndarray | None:
+        """The sketch stage's public reference: the global model's displacement over the
+        last ``k = min(detection.reference_rounds, round)`` rounds, ``w_r - w_{r-k}``
+        (None in round 0, or when this peer does not hold ``w_{r-k}``, e.g. right after
+        a catch-up).  Several rounds smooth out single noisy or poisoned steps."""
+        k = min(self.federation.detection.reference_rounds, state.round)
+        old = self._models.get(state.round - k) if k > 0 else None
+        if old is None or old.shape != state.model.shape:
+            return None
+        diff = np.asarray(state.model, dtype=np.float64) - np.asarray(old, dtype=np.float64)
+        return diff.astype(np.float32)
 
     def _start_round(self, state: GlobalState, preload: Sequence[object] = ()) -> None:
         now = trio.current_time()
         first = not self._history
         self._state = state
+        self._models[state.round] = state.model
+        for k in [k for k in self._models if k < state.round - self.federation.detection.reference_rounds]:
+            del self._models[k]
         self._catchup = self._sync_deadline = self._behind_at = self._next_start = None
-        sched = schedule_round(self.federation, state.round, state.beacon, self._candidates_for())
+        weight = self._ledger.weight if self._ledger is not None else None
+        sched = schedule_round(self.federation, state.round, state.beacon, self._candidates_for(),
+                               weight)
         rm = self._rm = self._machine(state, sched)
         self._started_at = now
         self._history[state.round] = (state, rm)
@@ -674,6 +738,8 @@ class FederationDriver:
                  msg.body.round, msg.body.group)
         self._stats.corrections += 1
         self._history[msg.body.round] = (base, rm)
+        if self._ledger is not None:
+            self._ledger.record_round(done, old.schedule, rm.outcomes()[1], now)
         self._emit(done)
         self._start_round(done.next_state(self._ledger_head()))
 
@@ -698,6 +764,10 @@ class FederationDriver:
         """Drain the machines' outputs; act on their events; move the timer."""
         while not self._halted:
             progressed = False
+            if (led := self._ledger) is not None:
+                for dest, lmsg in led.messages_to_send():
+                    progressed = True
+                    self._put(Out(dest, encode(lmsg), -1))
             if (cu := self._catchup) is not None:
                 for o in cu.messages_to_send():
                     progressed = True
@@ -733,6 +803,9 @@ class FederationDriver:
             self._stats.rounds_completed += 1
             self._emit(ev)
             if rm is self._rm:
+                if self._ledger is not None:
+                    self._ledger.record_round(ev, rm.schedule, rm.outcomes()[1],
+                                              trio.current_time())
                 nxt = ev.next_state(self._ledger_head())
                 self._rm = None
                 if rm.schedule.groups:
@@ -762,6 +835,8 @@ class FederationDriver:
 
     def _on_caught_up(self, caught: CaughtUp) -> None:
         log.info("%s: caught up at round %d", self.me.short(), caught.state.round)
+        if self._ledger is not None:
+            self._ledger.behind(trio.current_time())
         self._emit(Synced(caught.state))
         self._start_round(caught.state, (*caught.results, *caught.aborts))
 

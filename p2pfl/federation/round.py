@@ -71,6 +71,7 @@ from p2pfl.identity import Identity
 from p2pfl.learning.strategy import GroupResult, hash_vector
 from p2pfl.wire import PeerId
 
+from .adversary import Adversary, AttackContext
 from .aggregation import (
     AggregationContext,
     AggregationEvidence,
@@ -180,6 +181,9 @@ class RoundMachine:
         rng: Rng | None = None,
         weight_factor: float = 1.0,
         public_key: Callable[[PeerId], bytes | None] | None = None,
+        reference: np.ndarray | None = None,
+        weight_of: Callable[[PeerId], float] | None = None,
+        adversary: Adversary | None = None,
     ) -> None:
         if state.federation_id != federation.id:
             raise LocalProtocolError("global state belongs to another federation")
@@ -198,6 +202,9 @@ class RoundMachine:
         self._factory = aggregation
         self._rng = rng if rng is not None else SystemRng()
         self._weight_factor = float(weight_factor)
+        self._reference = reference
+        self._weight_of = weight_of if weight_of is not None else (lambda peer: 1.0)
+        self._adversary = adversary
         self._public_key = public_key if public_key is not None else self._listed_key
         self._signed: dict[PeerId, bytes] = {}  # aggregator -> digest we endorsed for it
         self._listed: dict[PeerId, bytes] | None = None
@@ -250,7 +257,8 @@ class RoundMachine:
                 identity=self.identity, context=self.context(self.group.index),
                 threshold=self.federation.threshold_for(len(self.group)), dim=self.base.dim,
                 start=now, input_deadline=self._input_deadline, rng=self._rng,
-                public_key=self._public_key,
+                public_key=self._public_key, reference=self._reference,
+                weight_of=self._weight_of, adversary=self._adversary,
             )
             self._sub = self._factory(ctx)
             self._pump(now)  # a backend may queue messages at construction (round keys)
@@ -304,7 +312,16 @@ class RoundMachine:
             raise LocalProtocolError(f"num_samples must be an int, got {num_samples!r}") from None
         if num_samples < 0:
             raise LocalProtocolError(f"num_samples must be >= 0, got {num_samples}")
-        x = clip_update(u, self.federation.update.clip_norm)
+        if self._adversary is not None:  # a simulated attacker: submits without clipping
+            seed = hash_parts(self.base.beacon, b"attack", self.me.raw)
+            actx = AttackContext(self.round, self.me, self.base.model, self._reference,
+                                 num_samples, self.federation.update.clip_norm,
+                                 np.random.default_rng(int.from_bytes(seed[:16], "little")))
+            x = np.asarray(self._adversary.update(u, actx), dtype=np.float32)
+            if x.shape != u.shape or not np.isfinite(x).all():
+                raise LocalProtocolError("the adversary returned a malformed update")
+        else:
+            x = clip_update(u, self.federation.update.clip_norm)
         assert self._sub is not None
         self._sub.submit(Contribution(x, self.weight(num_samples), num_samples), now)
         self._goto(RoundState.AGGREGATING)

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from typing import Any, Final
 
 import numpy as np
@@ -78,8 +79,11 @@ from mpc.secagg import (
     Message,
     OutputReady,
     ProtocolError,
+    SketchConfig,
+    SketchScore,
     Timeouts,
 )
+from mpc.sketch import SketchMap
 from p2pfl.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.identity import verify_signature
 from p2pfl.wire import PeerId
@@ -94,6 +98,7 @@ from .aggregation import (
     GroupSumReady,
     same_sum,
 )
+from .policy import decide_exclusions
 
 __all__ = [
     "EXTRA_COORDS",
@@ -112,6 +117,7 @@ SAMPLE_CAP: Final = (1 << (_LIMB_BITS * SAMPLE_LIMBS)) - 1
 """Largest sample count carried through the protocol (larger counts are capped)."""
 _MAX_TOTAL_SAMPLES: Final = 2**62  # ResultBody.total_samples bound
 EXCLUDED_REASON: Final = "excluded by the group's scoring policy"
+_RING_MAX: Final = 1 << 31  # |signed ring value| of any member input
 _MAX_MEMO: Final = 1 << 14  # verified (party, transcript, signature) triples kept
 
 
@@ -151,6 +157,15 @@ def group_config(ctx: AggregationContext) -> GroupConfig:
     grace = 2 * stage
     post = 2.5 * stage
     k = ctx.federation.secagg.neighbours
+    det = ctx.federation.detection
+    sketch = None
+    if det.enabled:
+        bound = (ctx.dim * det.nnz * _RING_MAX) ** 2  # ||S x||^2 <= ||S x||_1^2, any ring input
+        # norms and pairs open from 2 t_s - 1 validators: with t_s = ceil(t / 2) every
+        # group that can unmask (t survivors) can also score
+        sketch = SketchConfig(rows=det.rows, threshold=max(1, (ctx.threshold + 1) // 2),
+                              with_reference=True, primes=SketchConfig.primes_for(bound),
+                              pairwise=True)
     return GroupConfig(
         context=ctx.context,
         n=len(members),
@@ -165,7 +180,9 @@ def group_config(ctx: AggregationContext) -> GroupConfig:
         # no longer aborts the group.
         quorum=1 if 2 * ctx.threshold > len(members) else None,
         timeouts=Timeouts(keys=keys, shares=shares, masked=window - keys - shares,
+                          sketch_shares=stage, scores=stage,
                           consistency=post, unmask=post, grace=grace),
+        sketch=sketch,
     )
 
 
@@ -222,14 +239,29 @@ class SecureAggregation:
                 self._events.append(GroupAborted(self.aggregator_outcome))
             return
         cfg = self.cfg
-        self.member = Member(cfg, self.index, ctx.rng, self._sign, self._verify,
-                             start=ctx.start)
+        self._sketch_q: np.ndarray | None = None  # the signed vector we sketch
+        self._map: tuple[bytes, SketchMap] | None = None
+        self._ref_q: np.ndarray | None = None
+        self.reasons: dict[int, str] = {}  # excluded member -> why (aggregators)
+        self.scores: dict[int, SketchScore | None] = {}
+        if cfg.sketch is not None:
+            if ctx.reference is not None:
+                ref = np.clip(np.asarray(ctx.reference, dtype=np.float64), -s.quant_range,
+                              s.quant_range)
+                self._ref_q = np.rint(ref * self._params.scale).astype(np.int64)
+            self.member = Member(cfg, self.index, ctx.rng, self._sign, self._verify,
+                                 start=ctx.start, sketch=self._sketch,
+                                 reference=self._reference)
+        else:
+            self.member = Member(cfg, self.index, ctx.rng, self._sign, self._verify,
+                                 start=ctx.start)
         if self.is_aggregator:
-            # the primary never removes an input (no exclusions without a sketch stage);
-            # a replica keeps inputs to follow the primary's survivor set
-            self.aggregator = Aggregator(cfg, self.index, self._sign, self._verify,
-                                         start=ctx.start,
-                                         retain_inputs=self.index != cfg.primary)
+            # without a sketch stage the primary never removes an input; a replica keeps
+            # inputs to follow the primary's survivor set, and with exclusions both do
+            self.aggregator = Aggregator(
+                cfg, self.index, self._sign, self._verify, start=ctx.start,
+                retain_inputs=self.index != cfg.primary or cfg.sketch is not None,
+                decide_exclusions=self._decide if cfg.sketch is not None else None)
         self._pump(ctx.start)
 
     # -- signatures ---------------------------------------------------------
@@ -256,6 +288,49 @@ class SecureAggregation:
             self._verified.add(memo)
         return ok
 
+    # -- the sketch stage ---------------------------------------------------
+
+    def sketch_map(self, seed: bytes) -> SketchMap:
+        """The sketch map S of this group (drawn from the seed the commitments fix)."""
+        if self._map is None or self._map[0] != seed:
+            det = self.ctx.federation.detection
+            self._map = (seed, SketchMap.from_seed(seed, self.ctx.dim, det.rows, det.nnz))
+        return self._map[1]
+
+    def _sketch(self, seed: bytes) -> np.ndarray:
+        q = self._sketch_q
+        if q is None:  # cannot happen: the sketch request follows our masked input
+            raise LocalProtocolError("sketch requested before the input was set")
+        return self.sketch_map(seed).apply(q)
+
+    def _reference(self, seed: bytes) -> np.ndarray:
+        if self._ref_q is None:
+            return np.zeros(self.ctx.federation.detection.rows, dtype=np.int64)
+        return self.sketch_map(seed).apply(self._ref_q)
+
+    def norm_bound2(self, peer: PeerId) -> float:
+        """The largest ||z||^2 allowed to ``peer``: the sketch of any update of L2 norm
+        at most ``clip_norm`` at its public weight factor (rounding adds at most 1 per
+        coordinate), times ``(1 + norm_slack)^2 * nnz`` for the map's distortion."""
+        fed = self.ctx.federation
+        det = fed.detection
+        w = min(1.0, max(0.0, float(self.ctx.weight_of(peer))))
+        q = self._params.scale * fed.update.clip_norm * w + math.sqrt(self.ctx.dim)
+        return ((1.0 + det.norm_slack) * q) ** 2 * det.nnz
+
+    def _decide(self, scores: Mapping[int, SketchScore | None], seed: bytes | None) -> set[int]:
+        members = self.ctx.group.members
+        ref_norm2 = None
+        if seed is not None and self._ref_q is not None:
+            zr = self._reference(seed)
+            ref_norm2 = sum(int(v) * int(v) for v in zr.tolist())
+        self.scores = dict(scores)
+        self.reasons = decide_exclusions(
+            scores, bounds2={u: self.norm_bound2(members[u]) for u in scores},
+            ref_norm2=ref_norm2, params=self.ctx.federation.detection,
+            name={u: members[u].short() for u in scores})
+        return set(self.reasons)
+
     # -- inputs -------------------------------------------------------------
 
     def submit(self, contribution: Contribution, now: float) -> None:
@@ -271,7 +346,13 @@ class SecureAggregation:
         self._submitted = True
         if self.member is None:
             return
-        self.member.set_input(self.encode_input(contribution), now)
+        q = self.encode_input(contribution)
+        if self.cfg is not None and self.cfg.sketch is not None:
+            signed = q[: self.ctx.dim].view(np.int32).astype(np.int64)
+            adv = self.ctx.adversary
+            self._sketch_q = signed if adv is None else np.asarray(adv.sketch_input(signed),
+                                                                   dtype=np.int64)
+        self.member.set_input(q, now)
         self._pump(now)
 
     def encode_input(self, contribution: Contribution) -> np.ndarray:
@@ -409,8 +490,32 @@ class SecureAggregation:
             else:
                 self.member_outcome = why
 
+    def binding_failure(self, ev: OutputReady) -> str | None:
+        """None when S · (group sum) equals the opened sum of the included members'
+        sketches exactly, else why not (the ``binding:`` abort reason)."""
+        agg = self.aggregator
+        if self.cfg is None or self.cfg.sketch is None:
+            return None
+        seed = agg.sketch_seed if agg is not None else None
+        if seed is None or ev.sketch_sum is None:
+            return "binding: the included members' sketch sum could not be opened"
+        total = ev.total[: self.ctx.dim].view(np.int32).astype(np.int64)
+        expected = self.sketch_map(seed).apply(total)
+        got = np.asarray(ev.sketch_sum)
+        if got.shape != expected.shape or not all(
+                int(a) == int(b) for a, b in zip(got.tolist(), expected.tolist(), strict=True)):
+            bad = sum(int(a) != int(b) for a, b in zip(got.tolist(), expected.tolist(), strict=False))
+            return (f"binding: the group sum does not match the sum of the sketches "
+                    f"({bad} of {len(expected)} rows differ)")
+        return None
+
     def _on_output(self, ev: OutputReady) -> None:
         members = self.ctx.group.members
+        failure = self.binding_failure(ev)
+        if failure is not None:
+            self.aggregator_outcome = failure
+            self._events.append(GroupAborted(failure))
+            return
         update_sum, weight, samples = self.decode_output(ev.total)
         self._own = GroupSumReady(
             update_sum,
@@ -418,7 +523,8 @@ class SecureAggregation:
             weight,
             samples,
             tuple(members[i] for i in sorted(ev.dropped)),
-            tuple((members[i], EXCLUDED_REASON) for i in sorted(ev.excluded)),
+            tuple((members[i], self.reasons.get(i, EXCLUDED_REASON)[:256])
+                  for i in sorted(ev.excluded)),
         )
         self.aggregator_outcome = "output"
         self._events.append(self._own)

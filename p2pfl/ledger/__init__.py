@@ -19,6 +19,7 @@ Reputation and credits are pure functions of the chain (:func:`reputation`,
 :func:`credits`, :class:`Standing`); :func:`verify_chain` checks a chain from genesis.
 """
 
+from ._binding import RoundLedger
 from ._build import build_record, proof_id, state_digest, strategy_hash
 from ._ledger import AppendResult, AppendStatus, Ledger, answer_ledger_request
 from ._messages import (
@@ -89,6 +90,7 @@ __all__ = [
     "PeerStanding",
     "Record",
     "RecordBody",
+    "RoundLedger",
     "SignedHeader",
     "Standing",
     "SyncState",

@@ -121,7 +121,7 @@ class Ledger:
     def __init__(self, federation: Federation, params: LedgerParams | None = None) -> None:
         """An empty, in-memory ledger (:meth:`open` gives one backed by a file)."""
         self.federation = federation
-        self.params = params or LedgerParams()
+        self.params = params or federation.ledger
         self._store: LedgerStore | None = None
         self._records: list[Record] = []
         self._hashes: list[bytes] = []

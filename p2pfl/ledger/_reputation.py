@@ -148,7 +148,7 @@ class Standing:
     @classmethod
     def initial(cls, federation: Federation, params: LedgerParams | None = None) -> Standing:
         """The standing of the empty chain."""
-        return cls(federation, params or LedgerParams(), 0, {}, frozenset())
+        return cls(federation, params or federation.ledger, 0, {}, frozenset())
 
     @property
     def peers(self) -> Mapping[PeerId, PeerStanding]:

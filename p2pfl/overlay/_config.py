@@ -97,6 +97,13 @@ class OverlayConfig:
     link_byte_burst: float = 128e6
     direct_max_age: float = 60.0
     address_book_size: int = 16384
+    #: Address schemes whose dialing needs the overlay itself (WebRTC: its signaling
+    #: rides on direct messages).  A peer with such an address lists relays in its
+    #: publications like a peer without one, and such peers are never used as relays.
+    relayed_schemes: tuple[str, ...] = ("webrtc",)
+    #: Linked neighbours asked to relay a signaling message (``send_direct(dial=False)``)
+    #: to a peer whose relays we do not know yet.
+    relay_fanout: int = 4
     scoring: ScoreParams = field(default_factory=ScoreParams)
 
     def __post_init__(self) -> None:
@@ -104,7 +111,9 @@ class OverlayConfig:
             raise ConfigError("overlay.network_id must be 1..64 bytes")
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, bool) or f.name == "network_id" or isinstance(v, ScoreParams):
+            if isinstance(v, bool) or f.name in ("network_id", "relayed_schemes") or isinstance(
+                v, ScoreParams
+            ):
                 continue
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
                 raise ConfigError(f"overlay.{f.name} must be a finite number >= 0, got {v!r}")
@@ -116,6 +125,10 @@ class OverlayConfig:
             raise ConfigError("overlay.probe_timeout must be < probe_interval")
         if self.seen_ttl < self.max_message_age + self.clock_skew:
             raise ConfigError("overlay.seen_ttl must be >= max_message_age + clock_skew")
+        if not isinstance(self.relayed_schemes, tuple) or not all(
+            isinstance(x, str) and x.isalnum() for x in self.relayed_schemes
+        ):
+            raise ConfigError("overlay.relayed_schemes must be a tuple of scheme names")
         if self.store_ttl < self.promise_timeout:
             raise ConfigError("overlay.store_ttl must be >= promise_timeout")
 
@@ -123,6 +136,11 @@ class OverlayConfig:
     def gossip_domain(self) -> bytes:
         """Signature domain of broadcast publications on this network."""
         return b"p2pfl/overlay/gossip/" + self.network_id.hex().encode()
+
+    def needs_relay(self, address: str | None) -> bool:
+        """Whether a peer at ``address`` is reached only through the overlay (no
+        address, or one of :attr:`relayed_schemes`)."""
+        return address is None or address.partition(":")[0] in self.relayed_schemes
 
     @property
     def direct_domain(self) -> bytes:

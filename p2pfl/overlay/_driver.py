@@ -32,7 +32,7 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -107,6 +107,7 @@ class Overlay:
         self._subs: dict[str, list[tuple[trio.MemorySendChannel[object], bool]]] = {}
         self._ready = trio.Event()
         self._direct_send, self.direct = trio.open_memory_channel[tuple[PeerId, bytes]](4096)
+        self._direct_routes: list[tuple[bytes, trio.MemorySendChannel[tuple[PeerId, bytes]]]] = []
         self._watchers: list[trio.MemorySendChannel[object]] = []
         self._timer_scope: trio.CancelScope | None = None
         self._closing = False
@@ -170,15 +171,34 @@ class Overlay:
         self._watchers.append(send)
         return recv
 
-    async def send_direct(self, peer: PeerId, payload: bytes) -> None:
+    async def send_direct(self, peer: PeerId, payload: bytes, *, dial: bool = True) -> None:
         """Send ``payload`` to ``peer``: over a link, by dialing its address, or via a relay.
 
         Best effort; raises :class:`~p2pfl.overlay.PeerUnreachable` when no
-        route is known.  The addressee reads it from :attr:`direct`.
+        route is known.  The addressee reads it from :attr:`direct` (or from the
+        channel of a :meth:`route_direct` prefix it matches).  ``dial=False``
+        never dials ``peer`` (see :meth:`OverlayProtocol.send_direct`): for
+        messages that dialing it depends on, such as WebRTC signaling.
         """
         await trio.lowlevel.checkpoint()
-        self._proto.send_direct(peer, payload, trio.current_time())
+        self._proto.send_direct(peer, payload, trio.current_time(), dial=dial)
         self._flush()
+
+    def route_direct(
+        self, prefix: bytes, *, buffer: int = 256
+    ) -> trio.MemoryReceiveChannel[tuple[PeerId, bytes]]:
+        """A channel of ``(origin, payload)`` for the direct messages whose payload
+        starts with ``prefix`` (they no longer reach :attr:`direct`).  For services
+        that share the overlay with the application, such as WebRTC signaling;
+        register before the overlay runs (``open_overlay(on_open=...)``) so that no
+        message slips through to :attr:`direct`.  A full channel drops (counted in
+        ``subscriber_drops``).
+        """
+        if not prefix:
+            raise ValueError("route_direct needs a non-empty prefix")
+        send, recv = trio.open_memory_channel[tuple[PeerId, bytes]](buffer)
+        self._direct_routes.append((prefix, send))
+        return recv
 
     def neighbors(self) -> list[PeerId]:
         """The active view."""
@@ -232,10 +252,7 @@ class Overlay:
             if type(ev) is Delivered:
                 self._deliver(ev)
             elif type(ev) is DirectReceived:
-                try:
-                    self._direct_send.send_nowait((ev.origin, ev.payload))
-                except trio.WouldBlock:
-                    self.counters["subscriber_drops"] += 1
+                self._deliver_direct(ev)
             else:
                 changed = True
                 for w in list(self._watchers):
@@ -254,6 +271,19 @@ class Overlay:
             dl = math.inf if dl is None else dl
             if dl != scope.deadline:
                 scope.deadline = dl
+
+    def _deliver_direct(self, ev: DirectReceived) -> None:
+        channel = self._direct_send
+        for prefix, routed in self._direct_routes:
+            if ev.payload.startswith(prefix):
+                channel = routed
+                break
+        try:
+            channel.send_nowait((ev.origin, ev.payload))
+        except trio.WouldBlock:
+            self.counters["subscriber_drops"] += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
     def _deliver(self, ev: Delivered) -> None:
         subs = self._subs.get(ev.topic)
@@ -479,6 +509,7 @@ async def open_overlay(
     max_links: int = 128,
     dial_timeout: float = 10.0,
     max_frame: int = 16 * 1024 * 1024,
+    on_open: Callable[[Overlay], None] | None = None,
 ) -> AsyncIterator[Overlay]:
     """Run an overlay peer over ``transport`` for the duration of the block.
 
@@ -487,7 +518,11 @@ async def open_overlay(
     and only connects out).  ``rng``: randomness for the protocols (default: the
     OS CSPRNG; simulations pass a seeded ``random.Random``).  ``wall_offset``:
     added to ``trio.current_time()`` to timestamp publications (default: the
-    offset to ``time.time()``; simulations pass 0).
+    offset to ``time.time()``; simulations pass 0).  ``on_open(overlay)`` runs
+    before the overlay serves or dials anything: the place to register
+    :meth:`Overlay.route_direct` channels (a transport whose signaling rides on
+    the overlay, such as :class:`~p2pfl.transport.hybrid.HybridTransport`,
+    passes its ``attach``).
 
     Raises :class:`LocalProtocolError` when ``identity`` is not the transport's.
     """
@@ -500,6 +535,8 @@ async def open_overlay(
             transport, nursery, queue_size=queue_size, idle_timeout=idle_timeout,
             max_links=max_links, dial_timeout=dial_timeout, max_frame=max_frame,
         )
+        if on_open is not None:
+            on_open(ov)
         address: str | None = None
         if listen:
             address = await nursery.start(transport.serve, ov._handle_inbound)

@@ -180,7 +180,7 @@ class Broadcast:
                 f"payload must be bytes of at most {self.config.max_payload} bytes"
             )
         self._seqno += 1
-        relays = () if self.address is not None else self.relays()[:4]
+        relays = self.relays()[:4] if self.config.needs_relay(self.address) else ()
         body = Publication(topic, now + self.wall_offset, self._seqno, self.address, relays, payload)
         env = seal(self.identity, body, domain=self.config.gossip_domain)
         mid = message_id(env)

@@ -154,7 +154,9 @@ class OverlayProtocol:
         b.penalize = self.penalize
         b.reward = self.scores.reward
         b.on_origin = self._on_origin
-        b.relays = lambda: tuple(PeerInfo(p, a) for p, a in m.active.items() if a is not None)
+        b.relays = lambda: tuple(
+            PeerInfo(p, a) for p, a in m.active.items() if not cfg.needs_relay(a)
+        )
         self._links: dict[PeerId, int] = {}
         self._buckets: OrderedDict[PeerId, tuple[TokenBucket, TokenBucket]] = OrderedDict()
         self.book: OrderedDict[PeerId, PeerRecord] = OrderedDict()
@@ -309,8 +311,14 @@ class OverlayProtocol:
         self._now = now
         return self.broadcast.publish(topic, payload, now)
 
-    def send_direct(self, peer: PeerId, payload: bytes, now: float) -> None:
+    def send_direct(self, peer: PeerId, payload: bytes, now: float, *, dial: bool = True) -> None:
         """Send ``payload`` to ``peer`` (best effort).
+
+        ``dial=False`` never dials ``peer`` itself: an open link, else a relay --
+        one the peer named, else up to ``relay_fanout`` linked neighbours at once
+        (each passes it on only if it has a link to ``peer``; the addressee drops
+        the copies).  This is how WebRTC signaling travels: dialing a
+        ``webrtc:`` address is what the message is needed for.
 
         Raises :class:`PeerUnreachable` when no link, address or relay is known,
         :class:`LocalProtocolError` for ourselves or an oversized payload.
@@ -323,11 +331,11 @@ class OverlayProtocol:
         if peer in self._links:
             self.out.send(peer, Direct(payload))
             return
-        addr = self.address_of(peer)
+        addr = self.address_of(peer) if dial else None
         if addr is not None:
             self.out.send(peer, Direct(payload), addr)
             return
-        if not self._relay_direct(peer, payload, now):
+        if not self._relay_direct(peer, payload, now, fan_out=not dial):
             raise PeerUnreachable(f"no link, address or relay known for {peer.short()}")
 
     # -- introspection -----------------------------------------------------------------
@@ -476,19 +484,29 @@ class OverlayProtocol:
 
     # -- direct messages ----------------------------------------------------------------
 
-    def _relay_direct(self, peer: PeerId, payload: bytes, now: float) -> bool:
+    def _relay_direct(self, peer: PeerId, payload: bytes, now: float, *,
+                      fan_out: bool = False) -> bool:
         rec = self.book.get(peer)
-        if rec is None or not rec.relays:
-            return False
-        relays = [r for r in rec.relays if r.peer in self._links] or [
-            r for r in rec.relays if r.addr is not None and r.peer != self.local
+        known = rec.relays if rec is not None else ()
+        relays = [r for r in known if r.peer in self._links and r.peer != peer] or [
+            r for r in known
+            if not self.config.needs_relay(r.addr) and r.peer not in (self.local, peer)
         ]
-        if not relays:
+        if relays:
+            r = relays[0] if relays[0].peer in self._links else self.rng.choice(relays)
+            targets = [(r.peer, r.addr)]
+        elif fan_out:
+            linked = [p for p in self._links if p != peer]
+            linked.sort(key=lambda p: p not in self.membership.active)  # neighbours first
+            targets = [(p, None) for p in linked[: self.config.relay_fanout]]
+        else:
+            targets = []
+        if not targets:
             return False
-        r = relays[0] if relays[0].peer in self._links else self.rng.choice(relays)
         body = DirectBody(peer, now + self.wall_offset, self.rng.getrandbits(62), payload)
         env = seal(self.identity, body, domain=self.config.direct_domain)
-        self.out.send(r.peer, Relay(peer, env), r.addr)
+        for p, addr in targets:
+            self.out.send(p, Relay(peer, env), addr)
         return True
 
     def _open_direct(self, env: Signed, now: float) -> DirectBody | None:

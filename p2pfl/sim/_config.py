@@ -39,6 +39,11 @@ class SimConfig:
     also run centralized training (digits) and, for secure runs, the plaintext mode.
     ``corrupt``: ``(peer, round)`` pairs -- that peer restarts from a corrupted state at
     that round (a self-test of ``models_agree``; not a CLI option).
+    ``attack`` (:mod:`p2pfl.sim.attacks`) is run by a ``malicious`` fraction of the peers;
+    ``defense`` turns the sketch stage and exclusion policy on or off (default: on when
+    secure); ``weighting`` (``samples`` | ``uniform``) and ``clip`` (the L2 bound B) go
+    into the federation; ``membership``: ``permissioned`` (every sim peer listed) or
+    ``open`` (newcomer caps apply).
     """
 
     peers: int = 10
@@ -62,6 +67,17 @@ class SimConfig:
     reference: bool = False
     progress: bool | None = None  # None: when stderr is a terminal and not quiet
     corrupt: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    attack: str | None = None
+    malicious: float = 0.0
+    defense: bool | None = None  # None: on for secure runs
+    weighting: str = "samples"
+    clip: float = 5.0
+    membership: str = "permissioned"
+
+    @property
+    def defended(self) -> bool:
+        """Whether the sketch stage and exclusion policy run (secure runs only)."""
+        return self.secure and (self.defense if self.defense is not None else True)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad option."""
@@ -93,6 +109,20 @@ class SimConfig:
             parse_partition(self.partition)
         except ConfigError as e:
             raise ConfigError(f"--partition: {e}") from None
+        if not 0.0 <= self.malicious < 1.0:
+            raise ConfigError(f"--malicious: must be in [0, 1), got {self.malicious}")
+        if self.attack is not None and self.malicious <= 0:
+            raise ConfigError("--attack needs --malicious F > 0 (the fraction of attackers)")
+        if self.attack is None and self.malicious > 0:
+            raise ConfigError("--malicious needs --attack NAME")
+        if self.defense and not self.secure:
+            raise ConfigError("--defense: the sketch stage needs --secure")
+        if self.weighting not in ("samples", "uniform"):
+            raise ConfigError(f"--weighting: samples or uniform, got {self.weighting!r}")
+        if not (math.isfinite(self.clip) and self.clip > 0):
+            raise ConfigError(f"--clip: must be a finite number > 0, got {self.clip}")
+        if self.membership not in ("open", "permissioned"):
+            raise ConfigError(f"--membership: open or permissioned, got {self.membership!r}")
         for p, r in self.corrupt:
             if not (0 <= p < self.peers and 0 < r < self.rounds):
                 raise ConfigError(f"corrupt: ({p}, {r}) is not a (peer, round > 0) of this run")
@@ -122,12 +152,15 @@ def build_federation(cfg: SimConfig, identities: list[Identity], *, sample_cap: 
         "seed": cfg.seed,
         "secure": cfg.secure,
         "strategy": {"name": cfg.strategy},
-        "update": {"clip_norm": 10.0, "weighting": "samples", "sample_cap": max(1, sample_cap)},
+        "update": {"clip_norm": cfg.clip, "weighting": cfg.weighting,
+                   "sample_cap": max(1, sample_cap)},
         "cohort": {"size": size, "group_size": group},
         "secagg": {"threshold": 0.6},
         "timeouts": {"train": 10.0, "stage": 2.0, "sign": 2.0, "failover": 2.0, "round": 40.0},
-        "membership": {"policy": "permissioned",
-                       "members": [i.public_key.hex() for i in identities]},
+        "membership": ({"policy": "permissioned",
+                        "members": [i.public_key.hex() for i in identities]}
+                       if cfg.membership == "permissioned" else {"policy": "open"}),
+        "detection": {"enabled": cfg.defended},
     }
     if training:
         data["training"] = training

@@ -63,6 +63,11 @@ class Observations:
     lagging: list[PeerId] = field(default_factory=list)  # alive at the end, not done
     down: list[PeerId] = field(default_factory=list)  # crashed at the end
     bytes_sent: dict[PeerId, int] = field(default_factory=dict)
+    malicious: list[PeerId] = field(default_factory=list)
+    reputation_by_round: dict[int, dict[str, float]] = field(default_factory=dict)
+    weight_by_round: dict[int, dict[str, float]] = field(default_factory=dict)
+    reputation: dict[str, float] = field(default_factory=dict)
+    credits: dict[str, float] = field(default_factory=dict)
 
     def record_state(self, peer: PeerId, state: GlobalState) -> None:
         """``peer`` holds ``state``: the model after round ``state.round - 1`` (-1: initial)."""
@@ -72,6 +77,28 @@ class Observations:
 
     def record_round(self, peer: PeerId, ev: RoundCompleted) -> None:
         self.records.setdefault(ev.record.round, {}).setdefault(ev.record.model_hash.hex(), ev)
+
+
+def detection_stats(metrics: list[dict[str, Any]], malicious: set[str]) -> dict[str, Any]:
+    """Per-round detection over the peers that appear in accepted group results
+    (included or excluded): detection rate = excluded malicious / malicious present,
+    false-positive rate = excluded honest / honest present (None: none present)."""
+    mal_in = mal_ex = hon_in = hon_ex = 0
+    by_round = []
+    for m in metrics:
+        present, ex = set(m["in_results"]), set(m["excluded"])
+        a, b = len(present & malicious), len(ex & malicious)
+        c, d = len(present - malicious), len(ex - malicious)
+        mal_in, mal_ex, hon_in, hon_ex = mal_in + a, mal_ex + b, hon_in + c, hon_ex + d
+        by_round.append({"malicious_present": a, "malicious_excluded": b,
+                         "honest_present": c, "honest_excluded": d})
+    return {
+        "detection_rate": mal_ex / mal_in if mal_in else None,
+        "false_positive_rate": hon_ex / hon_in if hon_in else None,
+        "malicious_present": mal_in, "malicious_excluded": mal_ex,
+        "honest_present": hon_in, "honest_excluded": hon_ex,
+        "by_round": by_round,
+    }
 
 
 def models_agree(held: dict[PeerId, dict[int, set[str]]], rounds: int) -> tuple[bool, list[int]]:
@@ -137,6 +164,9 @@ def build_summary(cfg: SimConfig, fed: Federation, tasks: list[Any], obs: Observ
         rec = obs.records.get(r, {}).get(h) if h is not None else None
         groups = rec.record.groups if rec is not None else ()
         excluded = sorted({str(p) for res in (rec.results if rec else ()) for p, _ in res.body.excluded})
+        reasons = {str(p): why for res in (rec.results if rec else ()) for p, why in res.body.excluded}
+        cohort = sorted(str(p) for g in groups for p in (*g.included, *g.dropped))
+        cohort = sorted(set(cohort) | set(excluded))
         t_virtual, t_wall = obs.time_by_round.get(r, (None, None))
         metrics.append({
             "round": r,
@@ -153,6 +183,12 @@ def build_summary(cfg: SimConfig, fed: Federation, tasks: list[Any], obs: Observ
             "dropouts": sorted(str(p) for p in obs.dropouts.get(r, [])),
             "dropped": sorted(str(p) for g in groups for p in g.dropped),
             "excluded": excluded,
+            "exclusion_reasons": reasons,
+            "in_results": cohort,
+            "binding_failures": sum(1 for g in groups
+                                    if g.status == "aborted" and "binding" in g.reason),
+            "reputation": obs.reputation_by_round.get(r, {}),
+            "weight": obs.weight_by_round.get(r, {}),
             "virtual_time": t_virtual,
             "wall_s": None if t_wall is None else round(t_wall - prev_wall, 4),
         })
@@ -185,11 +221,18 @@ def build_summary(cfg: SimConfig, fed: Federation, tasks: list[Any], obs: Observ
         "final_model_hash": final_hash,
         "dropouts_by_round": [m["dropouts"] for m in metrics],
         "dropped_by_round": [m["dropped"] for m in metrics],
+        "binding_failures_by_round": [m["binding_failures"] for m in metrics],
         "aborted_groups_by_round": [m["groups_aborted"] for m in metrics],
         "excluded_by_round": [m["excluded"] for m in metrics],
-        "malicious": [],
-        "reputation": {},
-        "credits": {},
+        "malicious": sorted(str(p) for p in obs.malicious),
+        "attack": cfg.attack,
+        "malicious_fraction": cfg.malicious,
+        "defense": cfg.defended,
+        "weighting": cfg.weighting,
+        "clip_norm": cfg.clip,
+        "reputation": obs.reputation,
+        "credits": obs.credits,
+        "detection": detection_stats(metrics, {str(p) for p in obs.malicious}),
         "syncs": obs.syncs,
         "offences": obs.offences,
         "lagging_peers": sorted(str(p) for p in obs.lagging),
@@ -212,6 +255,7 @@ def write_outputs(summary: Summary, out: Path) -> None:
     atomic_write(out / "metrics.jsonl", lines.encode())
     _plot_accuracy(summary, out / "accuracy.png")
     _plot_bytes(summary, out / "bytes_per_peer.png")
+    _plot_reputation(summary, out / "reputation.png")
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -219,6 +263,36 @@ def _save(fig: Any, path: Path) -> None:
 
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=110)
+
+
+def _plot_reputation(summary: Summary, path: Path) -> None:
+    """Reputation of every peer after each round (one honest peer's ledger); malicious
+    peers in red, honest in grey, the selection floor dashed."""
+    from matplotlib.figure import Figure
+
+    rows = [m.get("reputation") or {} for m in summary.metrics]
+    if not any(rows):
+        return
+    malicious = set(summary.data.get("malicious", ()))
+    fig = Figure(figsize=(6.4, 4.0), tight_layout=True)
+    ax = fig.add_subplot()
+    peers = sorted({p for r in rows for p in r})
+    for p in peers:
+        xs = [i for i, r in enumerate(rows) if p in r]
+        ys = [rows[i][p] for i in xs]
+        bad = p in malicious
+        ax.plot(xs, ys, color="tab:red" if bad else "0.6", lw=1.4 if bad else 0.8,
+                alpha=0.9 if bad else 0.6, zorder=3 if bad else 2)
+    ax.axhline(summary.federation.ledger.floor, color="k", ls="--", lw=0.8, label="selection floor")
+    ax.plot([], [], color="tab:red", label=f"malicious ({len(malicious)})")
+    ax.plot([], [], color="0.6", label=f"honest ({len(peers) - len(malicious & set(peers))})")
+    ax.set_xlabel("round")
+    ax.set_ylabel("reputation")
+    ax.set_ylim(0, 1)
+    attack = summary.data.get("attack")
+    ax.set_title(f"reputation per peer{f' ({attack})' if attack else ''}")
+    ax.legend(loc="lower left", fontsize=8)
+    _save(fig, path)
 
 
 def _plot_accuracy(summary: Summary, path: Path) -> None:

@@ -44,14 +44,17 @@ import trio.testing
 
 from mpc.rand import SeededRng
 from p2pfl.federation import Federation, GlobalState, RoundCompleted
+from p2pfl.federation.adversary import Adversary
 from p2pfl.federation.driver import RoundStarted, Synced, SyncStarted
 from p2pfl.identity import Identity
+from p2pfl.ledger import Ledger
 from p2pfl.peer import Peer, PeerConfig, open_peer, resolve_aggregation
 from p2pfl.transport import MemoryNetwork
 from p2pfl.wire import PeerId
 
 from ._config import SimConfig, build_federation, sim_identities
 from ._report import Observations, Summary, build_summary, write_outputs
+from .attacks import choose_malicious, make_attack, poison_task
 
 __all__ = ["run_simulation"]
 
@@ -72,6 +75,8 @@ class _Node:
     last_state: GlobalState | None = None
     crashed_in: int | None = None
     incarnation: object = None
+    ledger: Ledger | None = None  # survives restarts, like the ledger file on disk
+    adversary: Adversary | None = None
 
     @property
     def id(self) -> PeerId:
@@ -114,8 +119,21 @@ class _Simulation:
         self.fed = fed
         self.net = MemoryNetwork(rng=random.Random(cfg.seed), default_latency=cfg.latency,
                                  jitter=cfg.jitter)
-        self.nodes = [_Node(i, ident, task) for i, (ident, task) in enumerate(zip(ids, tasks, strict=True))]
+        self.nodes = [_Node(i, ident, task, ledger=Ledger(fed))
+                      for i, (ident, task) in enumerate(zip(ids, tasks, strict=True))]
         self.obs = Observations(peers=[n.id for n in self.nodes])
+        self.malicious: list[int] = []
+        if cfg.attack is not None:
+            attack = make_attack(cfg.attack, cohort=fed.cohort.size)
+            self.malicious = choose_malicious(cfg.peers, cfg.malicious, cfg.seed)
+            for i in self.malicious:
+                node = self.nodes[i]
+                node.adversary = attack.adversary(i)
+                if attack.poisons_data:
+                    node.task = poison_task(node.task)
+        self.obs.malicious = [self.nodes[i].id for i in self.malicious]
+        honest = [n for n in self.nodes if n.index not in set(self.malicious)]
+        self.observer = honest[0] if honest else self.nodes[0]
         self.on_round = on_round
         self.plans: dict[int, dict[PeerId, str]] = {}
         self.restart_at: dict[int, list[_Node]] = {}  # restart when someone starts round r
@@ -142,8 +160,11 @@ class _Simulation:
         # latencies, so a long warm-up would only make it start the next round late
         # (seconds behind its group, past the secure stages' grace)
         warmup = _WARMUP if state is None else _RESTART_WARMUP
+        candidates = (tuple(n.id for n in self.nodes)
+                      if self.fed.membership.policy == "open" else None)
         config = PeerConfig(identity=node.ident, federation=self.fed, bootstrap=boot[:3],
-                            device=self.cfg.device, train_inline=True, warmup=warmup)
+                            device=self.cfg.device, train_inline=True, warmup=warmup,
+                            candidates=candidates)
         seed = hashlib.blake2b(f"{self.cfg.seed}/{node.index}/{trio.current_time()}".encode(),
                                digest_size=32).digest()
         incarnation = object()
@@ -152,7 +173,8 @@ class _Simulation:
             node.incarnation = incarnation
             async with open_peer(config, node.task, transport=transport, state=state,
                                  rng=SeededRng(seed), overlay_rng=random.Random(seed),
-                                 wall_offset=0.0, fault=self._fault_hook(node)) as peer:
+                                 wall_offset=0.0, fault=self._fault_hook(node),
+                                 ledger=node.ledger, adversary=node.adversary) as peer:
                 node.peer = peer
                 node.alive = True
                 events = peer.events(buffer=100_000)
@@ -231,6 +253,12 @@ class _Simulation:
                 self.done.set()
         elif isinstance(ev, RoundCompleted):
             self.obs.record_round(node.id, ev)
+            if node is self.observer and node.ledger is not None:
+                st = node.ledger.standing
+                self.obs.reputation_by_round[ev.record.round] = {
+                    str(p): s for p, s in st.reputation().items()}
+                self.obs.weight_by_round[ev.record.round] = {
+                    str(n.id): st.weight_factor(n.id) for n in self.nodes}
         elif isinstance(ev, SyncStarted):
             self.obs.syncs += 1
         elif isinstance(ev, Synced):
@@ -264,6 +292,10 @@ class _Simulation:
             self.obs.lagging = [n.id for n in self.nodes if n.alive and (
                 n.last_state is None or n.last_state.round < self.cfg.rounds)]
             self.obs.down = [n.id for n in self.nodes if not n.alive]
+            if self.observer.ledger is not None:
+                final = self.observer.ledger.standing
+                self.obs.reputation = {str(p): s for p, s in sorted(final.reputation().items())}
+                self.obs.credits = {str(p): c for p, c in sorted(final.credits().items())}
             stats = self.net.statistics()
             self.obs.bytes_sent = {p: s.bytes_sent for p, s in stats.peers.items()}
             for node in self.nodes:

@@ -37,6 +37,7 @@ from ._framing import (
     default_suites,
 )
 from ._handshake import FailureReason, Handshake, HandshakeComplete, HandshakeError, Role
+from ._signaling import IceServer
 from .tcp import TcpLink, TcpTransport, TcpTransportStatistics
 
 __all__ += [
@@ -48,6 +49,7 @@ __all__ += [
     "Handshake",
     "HandshakeComplete",
     "HandshakeError",
+    "IceServer",
     "Role",
     "TcpLink",
     "TcpTransport",

@@ -8,7 +8,12 @@ Signaling messages (tags 0x0800-0x0802) are signed envelopes naming the network
 tag, a session id, the recipient and the sender's time; carriers move them between
 peers: :class:`MemorySignaling` (in-process hub, tests), :class:`RelaySignaling`
 over any :class:`~p2pfl.transport.Link` to a third peer that runs
-:class:`SignalingRelay` (relay messages 0x0810-0x0812).
+:class:`SignalingRelay` (relay messages 0x0810-0x0812), and
+:class:`OverlaySignaling`, which rides on the overlay's direct messages (each
+envelope wrapped in an :class:`OverlaySignal`, 0x0813): over a link when there is
+one, else through a relay that both peers reach -- never by dialing the
+recipient, since that dial is what the signaling is for.  This module does not
+import the overlay (a lower layer); the overlay satisfies :class:`DirectCarrier`.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ import abc
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Annotated, Final, Protocol
 
 import trio
 
-from p2pfl.errors import RemoteProtocolError
+from p2pfl.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.wire import MaxLen, PeerId, decode, decode_as, encode, message
 
 from ._base import Link
@@ -107,7 +112,41 @@ class RelayUnreachable:
     reason: Annotated[str, MaxLen(200)]
 
 
+@message(0x0813)
+class OverlaySignal:
+    """A signaling envelope carried as an overlay direct message."""
+
+    envelope: Annotated[bytes, MaxLen(MAX_ENVELOPE)]
+
+
 _SignalMessage = SignalOffer | SignalAnswer | SignalReject
+
+#: Every encoded :class:`OverlaySignal` starts with these bytes (version, tag and
+#: the one-field array of the canonical CBOR): the overlay routes on them.
+OVERLAY_SIGNAL_PREFIX: Final = encode(OverlaySignal(b""))[:-1]
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server (``urls`` like ``stun:host:3478`` or
+    ``turn:host:3478?transport=udp``; TURN needs ``username`` and ``credential``).
+
+    aiortc uses the first STUN and the first TURN server it is given.
+    Raises :class:`ValueError` for a URL of another scheme.
+    """
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.urls, str):
+            object.__setattr__(self, "urls", (self.urls,))
+        if not self.urls:
+            raise ValueError("an ICE server needs at least one url")
+        for url in self.urls:
+            if not isinstance(url, str) or not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ValueError(f"not a STUN/TURN url: {url!r}")
 
 
 def _domain(tag: bytes) -> bytes:
@@ -259,6 +298,68 @@ class RelaySignaling(Signaling):
             self.malformed += 1
             log.info("ignoring a bad message from signaling relay %s: %r",
                      self.link.remote_peer.short(), msg)
+
+
+class DirectCarrier(Protocol):
+    """What :class:`OverlaySignaling` needs from the overlay
+    (:class:`p2pfl.overlay.Overlay` has it)."""
+
+    async def send_direct(self, peer: PeerId, payload: bytes, *, dial: bool = True) -> None: ...
+
+    def route_direct(
+        self, prefix: bytes, *, buffer: int = 256
+    ) -> trio.MemoryReceiveChannel[tuple[PeerId, bytes]]: ...
+
+
+class OverlaySignaling(Signaling):
+    """Signaling over the overlay's direct messages (see the module docstring).
+
+    Make it first, give it to the :class:`~p2pfl.transport.webrtc.WebRtcTransport`,
+    and :meth:`attach` the overlay before the overlay runs
+    (``open_overlay(..., on_open=signaling.attach)``; the
+    :class:`~p2pfl.transport.hybrid.HybridTransport` does this with its own
+    ``attach``).  Until then ``send`` refuses and ``receive`` waits.
+    ``malformed`` counts routed payloads that were not an :class:`OverlaySignal`.
+    """
+
+    def __init__(self, *, buffer: int = 256) -> None:
+        self._buffer = buffer
+        self._carrier: DirectCarrier | None = None
+        self._inbox: trio.MemoryReceiveChannel[tuple[PeerId, bytes]] | None = None
+        self._attached = trio.Event()
+        self.malformed = 0
+
+    def attach(self, carrier: DirectCarrier) -> None:
+        """Start carrying signaling over ``carrier`` (once)."""
+        if self._carrier is not None:
+            raise RuntimeError("this OverlaySignaling is already attached")
+        self._inbox = carrier.route_direct(OVERLAY_SIGNAL_PREFIX, buffer=self._buffer)
+        self._carrier = carrier
+        self._attached.set()
+
+    async def send(self, recipient: PeerId, envelope: bytes) -> None:
+        """Send over a link to ``recipient`` or through a relay (never dials it).
+
+        Raises :class:`ConnectionRefusedError` when not attached or when the
+        overlay knows no way to ``recipient``."""
+        if self._carrier is None:
+            raise ConnectionRefusedError("signaling is not attached to an overlay yet")
+        try:
+            await self._carrier.send_direct(recipient, encode(OverlaySignal(envelope)),
+                                            dial=False)
+        except LocalProtocolError as e:  # PeerUnreachable
+            raise ConnectionRefusedError(f"no overlay route to {recipient.short()}: {e}") from e
+
+    async def receive(self) -> bytes | Undeliverable:
+        await self._attached.wait()
+        assert self._inbox is not None
+        while True:
+            sender, payload = await self._inbox.receive()
+            try:
+                return decode_as(payload, OverlaySignal, max_size=_RELAY_MAX).envelope
+            except RemoteProtocolError as e:
+                self.malformed += 1
+                log.info("ignoring a bad signaling payload from %s: %s", sender.short(), e)
 
 
 @dataclass(frozen=True)

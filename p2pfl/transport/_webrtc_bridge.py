@@ -69,6 +69,8 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from p2pfl.errors import RemoteProtocolError
 
+from ._signaling import IceServer
+
 __all__ = [
     "MAX_PIECE",
     "ChannelEvents",
@@ -179,26 +181,6 @@ def loop_thread() -> LoopThread:
 
 
 # -- configuration ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IceServer:
-    """A STUN or TURN server (``urls`` like ``stun:host:3478`` or
-    ``turn:host:3478?transport=udp``; TURN needs ``username`` and ``credential``).
-
-    aiortc uses the first STUN and the first TURN server it is given.
-    """
-
-    urls: tuple[str, ...]
-    username: str | None = None
-    credential: str | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.urls, str):
-            object.__setattr__(self, "urls", (self.urls,))
-        for url in self.urls:
-            if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
-                raise ValueError(f"not a STUN/TURN url: {url!r}")
 
 
 @dataclass(frozen=True)

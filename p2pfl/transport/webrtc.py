@@ -27,9 +27,11 @@ steps:
    (:class:`~._handshake.HandshakeError`, ``REFUSED``/``NETWORK``).  Because
    the SDP is signed, the DTLS certificate fingerprints in it are bound to the
    peer identities.  Signaling carriers are untrusted and only move bytes: an
-   in-process hub for tests (:class:`MemorySignalingHub`) and a relay through a
+   in-process hub for tests (:class:`MemorySignalingHub`), a relay through a
    third peer over any :class:`~p2pfl.transport.Link` (:class:`RelaySignaling`
-   on each side, :class:`SignalingRelay` on the relay; see below).
+   on each side, :class:`SignalingRelay` on the relay; see below), and the
+   overlay's direct messages (:class:`OverlaySignaling`, used by
+   :class:`~p2pfl.transport.hybrid.HybridTransport`).
 2. **ICE, DTLS, SCTP.**  aiortc connects the candidates (host candidates; STUN
    and TURN servers when configured, for real NATs), runs DTLS and opens the
    data channel (negotiated, id 0).  All of aiortc runs in one asyncio thread;
@@ -90,8 +92,12 @@ from ._signaling import (
     _SEEN_SESSIONS,
     DEFAULT_IDLE_TIMEOUT,
     MAX_ENVELOPE,
+    DirectCarrier,
+    IceServer,
     MemorySignaling,
     MemorySignalingHub,
+    OverlaySignal,
+    OverlaySignaling,
     RejectReason,
     RelayDeliver,
     RelayForward,
@@ -109,13 +115,16 @@ from ._signaling import (
     format_webrtc_address,
     parse_webrtc_address,
 )
-from ._webrtc_bridge import ChannelStream, IceServer, RtcOptions
+from ._webrtc_bridge import ChannelStream, RtcOptions
 
 __all__ = [
     "DEFAULT_IDLE_TIMEOUT",
+    "DirectCarrier",
     "IceServer",
     "MemorySignaling",
     "MemorySignalingHub",
+    "OverlaySignal",
+    "OverlaySignaling",
     "RejectReason",
     "RelayDeliver",
     "RelayForward",

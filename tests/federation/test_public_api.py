@@ -7,7 +7,7 @@ import p2pfl.federation as fed
 EXPECTED = {
     "BROADCAST", "NO_LEDGER", "TRANSITIONS", "AbortBody", "AggregationContext",
     "AggregationEvent", "AggregationEvidence", "AggregationFactory", "CatchUp", "CaughtUp",
-    "CheckpointError", "Contribution", "Endorsement", "Federation", "GlobalState", "Group",
+    "CheckpointError", "Contribution", "Detection", "Endorsement", "Federation", "LedgerParams", "GlobalState", "Group",
     "GroupAborted", "GroupAggregation", "GroupOutcome", "GroupPayload", "GroupResolved",
     "GroupSumReady", "Misbehaviour", "OutOfSync", "Outgoing", "PlaintextAggregation",
     "ResultBody", "RoundCompleted", "RoundEvent", "RoundFailed", "RoundMachine", "RoundRecord",

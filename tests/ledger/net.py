@@ -46,7 +46,9 @@ __all__ = ["LedgerNet", "fed_for", "resign", "seeded", "to_abort"]
 
 def fed_for(**over: Any) -> Federation:
     """An open plaintext federation with two groups for small n."""
-    base: dict[str, Any] = {"cohort.group_size": 4, "cohort.min_group_size": 3}
+    # one exclusion below the floor (the tests were written for excluded = 4.0)
+    base: dict[str, Any] = {"cohort.group_size": 4, "cohort.min_group_size": 3,
+                            "ledger.excluded": 4.0}
     base.update(over)
     return make_federation(**base)
 
@@ -92,7 +94,7 @@ class LedgerNet(Net):
                  **kw: Any) -> None:
         super().__init__(fed, n, aggregation=self._backend, **kw)
         self.backend = backend
-        self.params = params or LedgerParams()
+        self.params = params or fed.ledger
         self.ledgers = {p: Ledger(fed, self.params) for p in self.peers}
         self.attackers = frozenset(self.peers[i] for i in attackers)
         self.by_peer = {i.peer_id: i for i in self.ids}

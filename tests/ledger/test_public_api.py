@@ -9,7 +9,7 @@ EXPECTED = {
     "BINDING_CODES", "FREE_RIDER_CODES", "VIOLATION_CODES", "AppendResult", "AppendStatus",
     "EquivocationProof", "GroupHeader", "GroupSlot", "GroupStatus", "GroupWitness", "Ledger",
     "LedgerError", "LedgerFileHeader", "LedgerParams", "LedgerRequest", "LedgerResponse",
-    "LedgerStore", "LedgerSync", "LedgerSynced", "PeerStanding", "Record", "RecordBody",
+    "LedgerStore", "LedgerSync", "LedgerSynced", "PeerStanding", "Record", "RecordBody", "RoundLedger",
     "SignedHeader", "Standing", "SyncState", "VerifiedRecord", "answer_ledger_request",
     "body_of", "build_record", "check_proof", "collect_equivocations", "credits",
     "find_equivocations", "genesis_hash", "header_of", "history_rows", "ledger_rows",

@@ -115,7 +115,7 @@ def test_old_evidence_matters_less(total: int) -> None:
     x = PEERS[0]
     scores = [_excluded_at(when, total).score(x) for when in range(total)]
     assert all(a > b for a, b in itertools.pairwise(scores))  # older -> higher
-    p = LedgerParams()
+    p = FED.ledger
     assert scores[-1] < p.floor < scores[0] < 0.5
 
 

@@ -179,3 +179,20 @@ def test_crt_errors() -> None:
         field.crt_centered([1], [P31, 3])
     with pytest.raises(ValueError):
         field.crt_centered([1, 1], [P31, P31])
+
+
+@given(st.lists(st.integers(-(2**120), 2**120), min_size=1, max_size=20), st.integers(1, 4))
+def test_crt_centered_array_matches_the_scalar_version(values: list[int], k: int) -> None:
+    primes = field.PRIMES_31[:k]
+    modulus = 1
+    for q in primes:
+        modulus *= q
+    res = [np.array([v % q for v in values], dtype=np.int64) for q in primes]
+    got = field.crt_centered_array(res, primes)
+    assert got.dtype == object and got.shape == (len(values),)
+    for v, g in zip(values, got.tolist(), strict=True):
+        assert g == field.crt_centered([v % q for q in primes], primes)
+        if abs(v) <= (modulus - 1) // 2:
+            assert g == v
+    with pytest.raises(ValueError):
+        field.crt_centered_array(res, (*primes[:-1], primes[0]) if k > 1 else ())

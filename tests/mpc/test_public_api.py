@@ -17,6 +17,7 @@ EXPECTED = {
     "QuantParams",
     "Rng",
     "SeededRng",
+    "SketchMap",
     "SystemRng",
     "agree",
     "decode_int",
@@ -48,6 +49,7 @@ EXPECTED = {
     "share_int",
     "share_vector",
     "share_zeros",
+    "sketch",
     "to_field",
 }
 
@@ -64,7 +66,7 @@ def test_mpc_imports_neither_p2pfl_nor_trio() -> None:
 
     code = (
         "import sys, mpc, mpc.field, mpc.graph, mpc.ka, mpc.prg, mpc.quant, mpc.rand, "
-        "mpc.ring, mpc.shamir; "
+        "mpc.ring, mpc.shamir, mpc.sketch, mpc.secagg; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('p2pfl', 'trio')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -265,6 +265,7 @@ def test_public_names() -> None:
         "Phase",
         "Plan",
         "ProtocolError",
+        "ReferenceFn",
         "RevealLedger",
         "ScoreShares",
         "ShareKeys",
@@ -283,6 +284,7 @@ def test_public_names() -> None:
         "Timeouts",
         "UnmaskShares",
         "Verify",
+        "sketch_seed",
     }
     for name in sa.__all__:
         assert hasattr(sa, name)

@@ -210,7 +210,7 @@ def test_exclusion_behaves_exactly_like_a_dropout() -> None:
     n, dim, victim = 6, 24, 2
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=dim, k=3, aggregators=(6, 7))
     xs = _inputs(n, dim, 7)
-    h = build_group(cfg, xs, decide_exclusions=lambda scores: {victim})
+    h = build_group(cfg, xs, decide_exclusions=lambda scores, seed: {victim})
     h.run()
     dropped = build_group(cfg, xs, crash_before={victim: MaskedInput})
     dropped.run()
@@ -284,8 +284,9 @@ def test_sketch_scores_exclusion_and_binding_sum() -> None:
     zs = {}
     ref = np.arange(rows, dtype=np.int64) - 5
 
-    def hook(scores):  # type: ignore[no-untyped-def]
-        return {u for u, s in scores.items() if s is not None and s.norm2 > 10**8}
+    def hook(scores, seed):  # type: ignore[no-untyped-def]
+        assert seed == seeds[0]
+        return {u for u, s in scores.items() if s is not None and s.norm > 10**8}
 
     h = build_group(
         cfg,
@@ -325,7 +326,7 @@ def test_sketch_sum_opens_when_every_included_member_shared() -> None:
         cfg,
         xs,
         sketches=[(lambda s, u=u: zs[u]) for u in range(n)],
-        decide_exclusions=lambda s: {0},
+        decide_exclusions=lambda s, seed: {0},
     )
     h.run()
     for o in h.outputs().values():
@@ -372,7 +373,7 @@ def test_property_sketch_stage(n: int, exclude: set[int], crashes: dict, seed: i
         xs,
         sketches=[(lambda s, u=u: zs[u]) for u in range(n)],
         reference=ref,
-        decide_exclusions=lambda scores: {u for u in exclude if u in scores},
+        decide_exclusions=lambda scores, seed: {u for u in exclude if u in scores},
         crash_before=modes["before"],
         crash_mid=modes["mid"],
         crash_after=modes["after"],

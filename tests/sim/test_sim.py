@@ -39,7 +39,11 @@ def test_summary_fields_are_present_and_true(small_run: tuple[object, Path]) -> 
         assert key in data, key
     assert data["peers"] == 5 and data["rounds"] == 3
     assert data["models_agree"] is True and data["rounds_completed"] == 3
-    assert data["malicious"] == [] and data["reputation"] == {} and data["credits"] == {}
+    assert data["malicious"] == [] and data["attack"] is None
+    # every peer contributed and was never excluded: reputation above the prior (0.5)
+    assert set(data["reputation"]) == set(data["peer_ids"]) == set(data["credits"])
+    assert all(v > 0.5 for v in data["reputation"].values())
+    assert all(v > 0 for v in data["credits"].values())
     assert data["excluded_by_round"] == [[], [], []]
     assert data["dropouts_by_round"] == [[], [], []]
     # the final accuracy, recomputed from the returned model on the held-out split

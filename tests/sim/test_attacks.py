@@ -1,0 +1,74 @@
+"""Attacks in small secure simulations: detection, the binding check, reputation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from p2pfl.errors import ConfigError
+from p2pfl.federation.adversary import AttackContext
+from p2pfl.ledger import reason_code
+from p2pfl.sim import SimConfig, run_simulation
+from p2pfl.sim.attacks import choose_malicious, make_attack
+from p2pfl.wire import PeerId
+
+BASE = SimConfig(peers=10, rounds=3, secure=True, weighting="uniform", out=None, quiet=True,
+                 progress=False)
+
+
+def _run(**kw: object):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    return run_simulation(dataclasses.replace(BASE, **kw))  # type: ignore[arg-type]
+
+
+def test_boosted_updates_are_excluded_every_round_and_honest_ones_kept() -> None:
+    s = _run(attack="scale", malicious=0.2)
+    mal = set(s["malicious"])
+    assert len(mal) == 2 and s["models_agree"]
+    for m in s.metrics:
+        present = set(m["in_results"]) & mal
+        assert present <= set(m["excluded"])  # every boosted update present is excluded
+        assert set(m["excluded"]) <= mal  # and no honest one
+        assert all(reason_code(m["exclusion_reasons"][p]) == "norm" for p in present)
+    assert s["detection"]["malicious_present"] >= 2
+
+
+def test_without_defenses_nothing_is_excluded() -> None:
+    s = _run(attack="scale", malicious=0.2, defense=False)
+    assert all(not m["excluded"] for m in s.metrics)
+
+
+def test_a_sketch_liar_fails_the_binding_check_and_sinks() -> None:
+    s = _run(attack="sketchliar", malicious=0.1)
+    (liar,) = s["malicious"]
+    assert s["binding_failures_by_round"][0] >= 1  # the round it lied in
+    rep = s["reputation"]
+    assert rep[liar] == min(rep.values()) and rep[liar] < 0.5
+    assert s["credits"].get(liar, 0.0) == 0.0
+
+
+def test_attack_options_are_validated() -> None:
+    with pytest.raises(ConfigError, match="--malicious"):
+        SimConfig(attack="signflip").validate()
+    with pytest.raises(ConfigError, match="unknown attack"):
+        make_attack("nope", cohort=3)
+    with pytest.raises(ConfigError, match="freerider"):
+        make_attack("freerider:later", cohort=3)
+    assert choose_malicious(30, 0.3, 0) == choose_malicious(30, 0.3, 0)
+    assert len(choose_malicious(30, 0.3, 0)) == 9
+
+
+def _user_attack(update: np.ndarray, ctx: AttackContext) -> np.ndarray:
+    return -2.0 * update
+
+
+def test_user_attacks_receive_the_honest_update_and_context() -> None:
+    a = make_attack(f"{__name__}:_user_attack", cohort=4)
+    adv = a.adversary(0)
+    ctx = AttackContext(0, PeerId(b"\x00" * 20), np.zeros(3, np.float32), None, 5, 1.0,
+                        np.random.default_rng(0))
+    out = adv.update(np.array([1.0, 0.0, 0.0]), ctx)
+    assert out.tolist() == [-2.0, -0.0, -0.0]
+    q = np.array([30, -30], dtype=np.int64)
+    assert adv.sketch_input(q) is q
