@@ -161,6 +161,9 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
         from p2pfl.node import load_node_config
         from p2pfl.peer import ledger_path
 
+        if args.federation is not None:
+            raise ConfigError("--federation goes with --file (--config names its own)")
+
         cfg = load_node_config(args.config)
         fed = load_federation(cfg.federation)
         if cfg.checkpoint_dir is None:

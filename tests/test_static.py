@@ -32,5 +32,7 @@ def test_mypy_strict_on_mpc() -> None:
 def test_mypy_on_p2pfl_core() -> None:
     pytest.importorskip("mypy")
     r = _run(sys.executable, "-m", "mypy", "--no-incremental", "p2pfl/wire", "p2pfl/identity",
-             "p2pfl/transport", "p2pfl/federation", "p2pfl/learning", "p2pfl/ledger")
+             "p2pfl/transport", "p2pfl/overlay", "p2pfl/federation", "p2pfl/learning",
+             "p2pfl/ledger", "p2pfl/sim", "p2pfl/embed.py", "p2pfl/control.py", "p2pfl/peer.py",
+             "p2pfl/node.py")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -35,10 +35,12 @@ in order, each applied to the members the earlier ones left:
    ``reference_rounds`` rounds (5): measured on digits (30 peers, Dirichlet 0.5, 30
    rounds), honest updates have cos 0.3-0.7 with it early and ~0.1 late, below 0 in
    0.1 % of peer-rounds (with the single previous step as reference: 5.9 %, down to
-   -0.2, and one poisoned step flips it).  Without a reference (round 0), members are
-   peeled off one at a time while the least aligned one's cosine with the sum of the
-   other remaining members' sketches is below ``-max(group_direction_min,
-   direction_ratio * m)``.
+   -0.2, and one poisoned step flips it).  Without a reference (round 0), the group is
+   split in two by the signs of the top eigenvector of its cosine matrix (honest
+   updates agree with each other, reversed ones with each other and against the
+   honest); members of the smaller side whose cosine with the sum of the larger side's
+   sketches is below ``-max(group_direction_min, direction_ratio * m)`` are excluded
+   (``m``: the larger side's median).  A tie excludes nobody.
 
 What this does not catch (docs/threat-model.md): updates that stay inside benign
 statistics -- a small norm, a positive alignment, no clone -- such as ALIE-style or
@@ -142,28 +144,46 @@ def decide_exclusions(
                 if cos[u] < -theta:
                     out[u] = f"direction: cos {cos[u]:+.3f} with {what} (threshold {-theta:+.3f})"
         return out
-    # no reference (round 0): peel off the member least aligned with the rest of the
-    # group, one at a time, so that attackers stop polluting the others' comparison
-    while len(active) >= 3:
-        cos = {u: _loo_cosine(live, active, u) for u in active}
-        theta = _threshold(cos, params.group_direction_min, params)
-        worst = min(sorted(cos), key=lambda u: cos[u])
-        if cos[worst] >= -theta:
-            break
-        out[worst] = f"direction: cos {cos[worst]:+.3f} with {what} (threshold {-theta:+.3f})"
-        active = [u for u in active if u != worst]
+    # no reference (round 0): split the group in two by the sign pattern of the top
+    # eigenvector of its cosine matrix (honest updates agree with each other, reversed
+    # ones with each other and against the honest), then judge the minority side
+    # against the sum of the majority side's sketches
+    if len(active) < 3:
+        return out
+    side = _split(live, active)
+    plus = [u for u in active if side[u]]
+    minus = [u for u in active if not side[u]]
+    if len(plus) == len(minus) or not plus or not minus:
+        return out
+    major, minor = (plus, minus) if len(plus) > len(minus) else (minus, plus)
+    cos = {u: _cosine_with_sum(live, major, u) for u in active}
+    theta = _threshold({u: cos[u] for u in major}, params.group_direction_min, params)
+    for u in minor:
+        if cos[u] < -theta:
+            out[u] = f"direction: cos {cos[u]:+.3f} with the rest of the group (threshold {-theta:+.3f})"
     return out
 
 
-def _threshold(cos: Mapping[int, float], floor: float, params: Detection) -> float:
-    m = max(0.0, _median(list(cos.values())))
-    return max(floor, params.direction_ratio * m)
+def _split(live: Mapping[int, Scores], active: list[int]) -> dict[int, bool]:
+    """Sign of each member in the top eigenvector of the group's cosine matrix, by power
+    iteration in a fixed order (bit-identical on every IEEE machine)."""
+    c = [[1.0 if u == v else cosine(live[u].pairs.get(v, 0), live[u].norm, live[v].norm)
+          for v in active] for u in active]
+    n = len(active)
+    x = [1.0 + 1e-3 * i for i in range(n)]
+    for _ in range(100):
+        y = [sum(c[i][j] * x[j] for j in range(n)) for i in range(n)]
+        norm = math.sqrt(sum(v * v for v in y))
+        if norm == 0.0:
+            break
+        x = [v / norm for v in y]
+    return {u: x[i] >= 0.0 for i, u in enumerate(active)}
 
 
-def _loo_cosine(live: Mapping[int, Scores], active: list[int], u: int) -> float:
-    """cos(z_u, sum of z_v over the other active members), from exact scores."""
+def _cosine_with_sum(live: Mapping[int, Scores], group: list[int], u: int) -> float:
+    """cos(z_u, sum of z_v over ``group`` without u), from exact scores."""
     su = live[u]
-    others = [v for v in active if v != u]
+    others = [v for v in group if v != u]
     dot = sum(su.pairs.get(v, 0) for v in others)
     total = 0
     for i, a in enumerate(others):
@@ -171,3 +191,8 @@ def _loo_cosine(live: Mapping[int, Scores], active: list[int], u: int) -> float:
         for b in others[i + 1:]:
             total += 2 * live[a].pairs.get(b, 0)
     return cosine(dot, su.norm, total)
+
+
+def _threshold(cos: Mapping[int, float], floor: float, params: Detection) -> float:
+    m = max(0.0, _median(list(cos.values())))
+    return max(floor, params.direction_ratio * m)
