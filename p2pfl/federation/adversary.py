@@ -25,7 +25,8 @@ __all__ = ["Adversary", "AttackContext"]
 @dataclass(frozen=True, eq=False)
 class AttackContext:
     """What an attack may look at: ``global_model`` the round's starting model,
-    ``reference`` the previous global update (None in round 0), ``clip_norm`` the
+    ``reference`` the sketch stage's public reference (the global model's move over the
+    last rounds; None in round 0), ``clip_norm`` the
     federation's bound, ``rng`` a generator seeded per (peer, round)."""
 
     round: int

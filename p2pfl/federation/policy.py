@@ -119,7 +119,7 @@ def decide_exclusions(
             if u not in out and d is not None:
                 c = cosine(d, live[u].norm, ref_norm2)
                 if c > params.stale_cos:
-                    out[u] = f"stale: cos {c:.4f} with the previous global update"
+                    out[u] = f"stale: cos {c:.4f} with the reference (a replayed global update)"
     active = [u for u in sorted(live) if u not in out]
     clones: dict[int, str] = {}
     for i, u in enumerate(active):
@@ -133,7 +133,7 @@ def decide_exclusions(
                 clones.setdefault(v, f"clone: cos {c:.4f} with {label(u)}")
     out.update(clones)
     active = [u for u in active if u not in clones]
-    what = "the previous global update" if has_ref else "the rest of the group"
+    what = "the reference" if has_ref else "the rest of the group"
     if has_ref:
         assert ref_norm2 is not None
         cos = {u: cosine(live[u].dot or 0, live[u].norm, ref_norm2) for u in active

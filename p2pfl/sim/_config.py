@@ -24,6 +24,7 @@ DEFAULT_SECURE: Final = True
 """Default of ``--secure``/``--plaintext`` (the secure backend is p2pfl.federation.secure)."""
 
 TRANSPORTS: Final = ("memory", "tcp")
+MAX_TCP_PEERS: Final = 64
 
 
 @dataclass(frozen=True)
@@ -84,10 +85,7 @@ class SimConfig:
         if self.transport not in TRANSPORTS:
             raise ConfigError(f"--transport: must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}")
         if self.transport == "tcp":
-            raise ConfigError(
-                "--transport tcp: one process per peer over loopback TCP is not implemented "
-                "yet (a later issue); use --transport memory"
-            )
+            self._validate_tcp()
         if not 1 <= self.peers <= 100_000:
             raise ConfigError(f"--peers: must be in [1, 100000], got {self.peers}")
         if not 1 <= self.rounds <= 100_000:
@@ -126,6 +124,19 @@ class SimConfig:
         for p, r in self.corrupt:
             if not (0 <= p < self.peers and 0 < r < self.rounds):
                 raise ConfigError(f"corrupt: ({p}, {r}) is not a (peer, round > 0) of this run")
+
+    def _validate_tcp(self) -> None:
+        """What ``--transport tcp`` (one ``p2pfl node`` process per peer) cannot do."""
+        unsupported = [name for name, used in (
+            ("--dropout", self.dropout > 0), ("--attack", self.attack is not None),
+            ("--malicious", self.malicious > 0), ("--reference", self.reference),
+            ("corrupt", bool(self.corrupt))) if used]
+        if unsupported:
+            raise ConfigError(f"{unsupported[0]} is not supported with --transport tcp "
+                              "(only with --transport memory)")
+        if self.peers > MAX_TCP_PEERS:
+            raise ConfigError(f"--peers: at most {MAX_TCP_PEERS} with --transport tcp (one "
+                              f"process of a few hundred MB each), got {self.peers}")
 
 
 def sim_identities(n: int, seed: int) -> list[Identity]:

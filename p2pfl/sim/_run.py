@@ -324,8 +324,14 @@ def run_simulation(cfg: SimConfig) -> Summary:
     write ``summary.json``, ``metrics.jsonl`` and the plots there.
 
     Raises :class:`~p2pfl.errors.ConfigError` for invalid options (before running).
+    ``transport = "tcp"`` runs one ``p2pfl node`` process per peer instead
+    (:func:`p2pfl.sim._processes.run_process_simulation`).
     """
     cfg.validate()
+    if cfg.transport == "tcp":
+        from ._processes import run_process_simulation
+
+        return run_process_simulation(cfg)
     t0 = time.perf_counter()
     tasks = _load_tasks(cfg)
     ids = sim_identities(cfg.peers, cfg.seed)

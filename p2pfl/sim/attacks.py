@@ -12,7 +12,8 @@ about content only; they never clip unless the attack says so.
 ``noise``       Gaussian noise of L2 norm just under the clipping bound (the strongest
                 noise that passes the norm rule): ``noise:S`` sets the norm to ``S * B``
 ``labelflip``   trains on labels ``C - 1 - y`` (data poisoning), then behaves honestly
-``freerider``   a zero update (``freerider:stale``: the previous global update replayed)
+``freerider``   a zero update (``freerider:stale``: the public reference -- the global
+                model's recent move -- replayed as its own update)
 ``sybil``       every malicious identity submits the same vector (the first sybil's
                 reversed update) plus noise of 1/1000 of its norm
 ``sketchliar``  masks ``gamma * clip(update)`` (as ``scale``) but sketches the honest

@@ -109,6 +109,11 @@ async def test_a_late_joiner_catches_up(autojump_clock: object) -> None:
         assert late.peer is not None and late.peer.round >= 6
         assert len(_states(c.nodes)) == 1
         assert late.peer.round == c.nodes[0].peer.round  # type: ignore[union-attr]
+        # it fetched the records of the rounds it missed (LedgerSync) and verified them:
+        # the same chain as everyone (the head goes into every beacon)
+        heads = {tuple(r.hash for r in n.peer.ledger.records[:5])  # type: ignore[union-attr]
+                 for n in c.nodes}
+        assert len(heads) == 1 and len(next(iter(heads))) == 5
         nursery.cancel_scope.cancel()
 
 

@@ -91,8 +91,8 @@ def test_dropouts_happen_and_rounds_complete() -> None:
 
 
 def test_bad_options_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="transport tcp"):
-        run_simulation(SimConfig(transport="tcp", out=None))
+    with pytest.raises(ConfigError, match="--dropout is not supported with --transport tcp"):
+        run_simulation(SimConfig(transport="tcp", dropout=0.2, out=None))
     with pytest.raises(ConfigError, match="--dropout"):
         run_simulation(SimConfig(dropout=1.5, out=None))
     with pytest.raises(ConfigError, match="--partition"):
@@ -105,5 +105,6 @@ def test_cli_sim_writes_the_summary(tmp_path: Path, capsys: pytest.CaptureFixtur
                  "--quiet"]) == 0
     data = json.loads((out / "summary.json").read_text())
     assert data["peers"] == 3 and data["secure"] is False
-    assert main(["sim", "--transport", "tcp", "--out", str(out)]) == 2
-    assert "not implemented yet" in capsys.readouterr().err
+    assert main(["sim", "--transport", "tcp", "--attack", "signflip", "--malicious", "0.2",
+                 "--out", str(out)]) == 2
+    assert "--attack is not supported with --transport tcp" in capsys.readouterr().err

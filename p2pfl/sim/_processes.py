@@ -1,0 +1,548 @@
+"""``p2pfl sim --transport tcp``: one ``p2pfl node`` process per peer over loopback TCP.
+
+Theory of operation
+-------------------
+:func:`run_process_simulation` builds the same peers as the in-memory simulation (the
+seed's keys, :func:`~p2pfl.sim.build_federation` with the same data shards and
+local-training table), writes what an operator would write -- a key file per peer
+(mode 0600), the federation file (TOML, checked to round-trip to the same federation
+id), one peer config per peer -- into a private temporary directory, and starts one
+``python -m p2pfl node --config pI.toml`` process per peer.  Ports are picked up
+front (bind to port 0, note it, close), so every process starts at once and peer i
+bootstraps through peer 0 and the two peers before it.  Nothing in the nodes is
+special: they are production nodes that happen to share a host.
+
+The parent only *observes*, as a monitoring script would:
+
+* every ``_POLL`` seconds it asks each node's control socket for ``status``
+  (:mod:`p2pfl.control`): the round, and the history round -> model hash;
+* it reads each node's checkpoint (``checkpoint_dir/state-<fid>.ckpt``, written
+  atomically at the start of every round) whenever the file changed: the model after
+  the previous round, whose hash must be the one the node reported.  These are the
+  only models the parent can evaluate: a round whose model no checkpoint showed gets
+  ``accuracy: null``;
+* after the run, the first node's ledger file (a copy, never the node's file): the
+  signed round records (groups accepted / aborted / missing, dropped and excluded
+  members) and, replayed record by record, reputation and weight after every round.
+
+It stops when every running node reports ``rounds`` completed rounds (the first one to
+get there gives the others one more round deadline), or after a bound of
+``_STARTUP + rounds x timeouts.round`` seconds; then SIGINT to every node (a clean
+shutdown), SIGKILL to any still running ``_STOP`` seconds later.  The node logs are
+copied to ``OUT/nodes/``.
+
+The summary has the in-memory simulation's keys; what a process federation cannot
+observe from outside is ``null``: ``virtual_s`` (time is real), ``bytes_sent_per_peer``
+(the nodes do not report it), ``syncs`` and ``offences``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import trio
+
+from p2pfl.errors import LocalProtocolError
+from p2pfl.federation import Federation, federation_from_dict, load_checkpoint
+from p2pfl.identity import Identity, atomic_write
+from p2pfl.learning.strategy import hash_vector
+from p2pfl.wire import PeerId
+
+from ._config import SimConfig, build_federation, sim_identities
+from ._report import (
+    Summary,
+    _evaluator,
+    _plot_accuracy,
+    _plot_reputation,
+    detection_stats,
+    models_agree,
+    progress_bar,
+)
+
+__all__ = ["federation_toml", "run_process_simulation"]
+
+_POLL: Final = 0.5  # seconds between two status polls
+_ASK_TIMEOUT: Final = 3.0  # seconds a node has to answer one status request
+_STARTUP: Final = 120.0  # seconds allowed for starting the processes (imports, joining)
+_STOP: Final = 30.0  # seconds between SIGINT and SIGKILL
+_WARMUP: Final = 3.0  # the nodes' warm-up (seconds between joining and round 0)
+
+
+# -- the files an operator would write ----------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_key(k: str) -> str:
+    return k if _BARE_KEY.fullmatch(k) else _toml_string(k)
+
+
+def _toml_string(s: str) -> str:
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if v in (float("inf"), float("-inf")):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return _toml_string(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise LocalProtocolError(f"federation_toml: cannot write {type(v).__name__} {v!r} as TOML")
+
+
+def _toml_table(data: Mapping[str, Any], prefix: str, lines: list[str]) -> None:
+    for k, v in data.items():
+        if not isinstance(v, Mapping):
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    for k, v in data.items():
+        if isinstance(v, Mapping):
+            name = f"{prefix}{_toml_key(k)}"
+            lines.extend(["", f"[{name}]"])
+            _toml_table(v, name + ".", lines)
+
+
+def federation_toml(fed: Federation) -> str:
+    """``fed`` as a federation file (TOML text) that loads back to the same federation id.
+
+    Raises :class:`LocalProtocolError` when it would not (a value TOML cannot hold).
+    """
+    lines: list[str] = []
+    _toml_table(fed.to_dict(), "", lines)
+    text = "\n".join(lines) + "\n"
+    if federation_from_dict(tomllib.loads(text)).id != fed.id:
+        raise LocalProtocolError("federation_toml: the TOML text is another federation")
+    return text
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (free when asked: another process may take one
+    before the node binds it; the node then exits and the run reports it)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass(eq=False)
+class _Proc:
+    index: int
+    ident: Identity
+    config: Path
+    sock: Path
+    state: Path  # the checkpoint file
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    round: int = -1
+    history: dict[int, str] = field(default_factory=dict)  # rounds completed -> hash
+    ckpt_seen: tuple[int, int] | None = None  # (mtime_ns, size) last read
+    exit: int | None = None
+    stopped: bool = False  # still running when the watch ended (we stopped it)
+
+    @property
+    def id(self) -> PeerId:
+        return self.ident.peer_id
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def _write_run_dir(root: Path, cfg: SimConfig, fed: Federation, ids: list[Identity]) -> list[_Proc]:
+    """Key files, the federation file and one peer config per peer under ``root``."""
+    from p2pfl.peer import checkpoint_path
+
+    (root / "federation.toml").write_text(federation_toml(fed), encoding="utf-8")
+    ports = _free_ports(cfg.peers)
+    addrs = [f"tcp:127.0.0.1:{p}" for p in ports]
+    procs = []
+    for i, ident in enumerate(ids):
+        ident.save(root / f"p{i}.key")
+        boot = sorted({0, i - 1, i - 2} - {i} - {-1, -2}) if i > 0 else []
+        boot_list = ", ".join(_toml_string(addrs[j]) for j in boot)
+        sock = root / f"p{i}.sock"
+        task = cfg.task if cfg.task is not None else "digits"
+        text = (
+            f'key = "p{i}.key"\nfederation = "federation.toml"\n'
+            f'listen = "{addrs[i]}"\nbootstrap = [{boot_list}]\n'
+            f'checkpoint_dir = "state{i}"\ncontrol = "p{i}.sock"\n'
+            f"device = {_toml_string(cfg.device)}\nwarmup = {_WARMUP}\n\n"
+            f"[task]\nname = {_toml_string(task)}\npeer_index = {i}\nn_peers = {cfg.peers}\n"
+            f"partition = {_toml_string(cfg.partition)}\nseed = {cfg.seed}\n"
+            f"model = {_toml_string(cfg.model)}\n"
+        )
+        config = root / f"p{i}.toml"
+        config.write_text(text, encoding="utf-8")
+        procs.append(_Proc(i, ident, config, sock, checkpoint_path(root / f"state{i}", fed),
+                           root / f"p{i}.log"))
+    return procs
+
+
+# -- watching the nodes ------------------------------------------------------------
+
+
+@dataclass
+class _Seen:
+    """What the parent observed (the raw material of the summary)."""
+
+    held: dict[PeerId, dict[int, set[str]]] = field(default_factory=dict)  # r -> hashes after r
+    models: dict[str, np.ndarray] = field(default_factory=dict)
+    wall_by_round: dict[int, float] = field(default_factory=dict)  # first node done with r
+    startup_s: float | None = None  # until every node answered its control socket
+    last_status: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def hold(self, peer: PeerId, completed: int, h: str) -> None:
+        """``peer`` held ``h`` after ``completed`` rounds (the model after round
+        ``completed - 1``; -1: the initial model)."""
+        self.held.setdefault(peer, {}).setdefault(completed - 1, set()).add(h)
+
+
+class _Watch:
+    def __init__(self, cfg: SimConfig, fed: Federation, procs: list[_Proc],
+                 on_round: Callable[[int], None], t0: float) -> None:
+        self.cfg, self.fed, self.procs, self.on_round, self.t0 = cfg, fed, procs, on_round, t0
+        self.seen = _Seen()
+        self.top = 0
+
+    async def _ask(self, p: _Proc) -> None:
+        from p2pfl.control import ControlError, request
+
+        try:
+            reply = await request(p.sock, {"op": "status"}, timeout=_ASK_TIMEOUT)
+        except ControlError:
+            return  # not up yet, or busy: the next poll asks again
+        self.seen.last_status[p.index] = reply
+        p.round = max(p.round, int(reply.get("round", -1)))
+        for r, h in dict(reply.get("history") or {}).items():
+            p.history[int(r)] = str(h)
+            self.seen.hold(p.id, int(r), str(h))
+
+    def read_checkpoint(self, p: _Proc) -> None:
+        from p2pfl.federation import CheckpointError
+
+        try:
+            st = os.stat(p.state)
+        except OSError:
+            return
+        key = (st.st_mtime_ns, st.st_size)
+        if key == p.ckpt_seen:
+            return
+        try:
+            state = load_checkpoint(p.state, self.fed)
+        except CheckpointError:
+            return  # replaced while reading (cannot happen with atomic writes) -- retry
+        p.ckpt_seen = key
+        h = hash_vector(state.model)
+        self.seen.hold(p.id, state.round, h)
+        self.seen.models.setdefault(h, np.array(state.model, dtype=np.float32))
+
+    async def poll(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for p in self.procs:
+                if p.running:
+                    nursery.start_soon(self._ask, p)
+        for p in self.procs:
+            self.read_checkpoint(p)
+        now = time.perf_counter()
+        if self.seen.startup_s is None and all(p.round >= 0 for p in self.procs):
+            self.seen.startup_s = now - self.t0
+        top = max((p.round for p in self.procs), default=0)
+        for r in range(self.top, min(top, self.cfg.rounds)):
+            self.seen.wall_by_round[r] = now
+        if top > self.top:
+            self.top = top
+            self.on_round(top)
+
+    def finished(self) -> bool:
+        return all(p.round >= self.cfg.rounds for p in self.procs if p.running)
+
+    async def main(self) -> None:
+        limit = _STARTUP + self.cfg.rounds * self.fed.timeouts.round
+        with trio.move_on_after(limit):
+            while not self.finished() and any(p.running for p in self.procs):
+                await self.poll()
+                await trio.sleep(_POLL)
+        # stragglers (catching up) get one more round deadline, within the bound above
+        with trio.move_on_after(self.fed.timeouts.round):
+            while not self.finished():
+                await trio.sleep(_POLL)
+                await self.poll()
+
+
+def _start(p: _Proc, cwd: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with p.log.open("ab") as log:
+        p.proc = subprocess.Popen(
+            [sys.executable, "-m", "p2pfl", "node", "--config", str(p.config)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+
+
+def _stop(procs: list[_Proc]) -> None:
+    """SIGINT every node, SIGKILL those still running after :data:`_STOP` seconds."""
+    for p in procs:
+        if p.running:
+            assert p.proc is not None
+            p.stopped = True
+            with contextlib.suppress(ProcessLookupError):
+                p.proc.send_signal(signal.SIGINT)
+    until = time.monotonic() + _STOP
+    for p in procs:
+        if p.proc is None:
+            continue
+        try:
+            p.exit = p.proc.wait(max(0.1, until - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+            p.exit = p.proc.wait(10)
+
+
+# -- the summary ---------------------------------------------------------------------
+
+
+def _ledger_rounds(fed: Federation, procs: list[_Proc]) -> tuple[dict[int, Any], dict[int, Any]]:
+    """(round -> record body, round -> standing after it) from the first node's ledger
+    that can be read (a copy; the nodes have stopped)."""
+    from p2pfl.errors import P2PFLError
+    from p2pfl.ledger import Ledger, Standing
+    from p2pfl.peer import ledger_path
+
+    for p in procs:
+        path = ledger_path(p.state.parent, fed)
+        if not path.is_file():
+            continue
+        with tempfile.TemporaryDirectory(prefix="p2pfl-ledger-") as tmp:
+            copy = Path(tmp) / "ledger.bin"
+            shutil.copyfile(path, copy)
+            try:
+                led = Ledger.open(copy, fed)
+            except P2PFLError:
+                continue
+            bodies = [rec.body for rec in led.records]
+            led.close()
+        st = Standing.initial(fed)
+        records, standing = {}, {}
+        for body in bodies:
+            st = st.apply(body)
+            records[body.round], standing[body.round] = body, st
+        return records, standing
+    return {}, {}
+
+
+def _summary(cfg: SimConfig, fed: Federation, tasks: list[Any], procs: list[_Proc],
+             seen: _Seen, *, wall_s: float, t0: float) -> Summary:
+    from p2pfl.ledger import GroupStatus
+
+    evaluate = _evaluator(tasks, fed.seed)
+    agree, bad_rounds = models_agree(seen.held, cfg.rounds)
+    canonical: list[str | None] = []
+    for r in range(-1, cfg.rounds):
+        counts = Counter(h for held in seen.held.values() for h in held.get(r, ()))
+        canonical.append(counts.most_common(1)[0][0] if counts else None)
+
+    def measure(h: str | None) -> dict[str, float]:
+        return evaluate(seen.models[h]) if h is not None and h in seen.models else {}
+
+    records, standing = _ledger_rounds(fed, procs)
+    ids = [p.id for p in procs]
+    initial = measure(canonical[0])
+    metrics: list[dict[str, Any]] = []
+    prev_wall = t0
+    for r in range(cfg.rounds):
+        h = canonical[r + 1]
+        m = measure(h)
+        body = records.get(r)
+        slots = body.groups if body is not None and body.model_hash.hex() == h else None
+        heads = [s.header for s in slots or () if s.header is not None]
+        excluded = sorted({str(p) for hd in heads for p, _ in hd.excluded})
+        present = sorted({str(p) for hd in heads for p in (*hd.included, *hd.dropped)}
+                         | set(excluded))
+        st = standing.get(r) if slots is not None else None
+        t_wall = seen.wall_by_round.get(r)
+        metrics.append({
+            "round": r,
+            "accuracy": m.get("accuracy"),
+            "loss": m.get("loss"),
+            "model_hash": h,
+            "agree": r not in bad_rounds,
+            "distinct_hashes": len({x for held in seen.held.values() for x in held.get(r, ())}),
+            "groups": None if slots is None else len(slots),
+            "groups_accepted": None if slots is None else sum(
+                s.status is GroupStatus.ACCEPTED for s in slots),
+            "groups_aborted": None if slots is None else sum(
+                s.status is GroupStatus.ABORTED for s in slots),
+            "groups_missing": None if slots is None else sum(
+                s.status is GroupStatus.MISSING for s in slots),
+            "contributors": None if slots is None else sum(len(hd.included) for hd in heads),
+            "dropouts": [],
+            "dropped": None if slots is None else sorted(
+                {str(p) for hd in heads for p in hd.dropped}),
+            "excluded": None if slots is None else excluded,
+            "exclusion_reasons": None if slots is None else {
+                str(p): why for hd in heads for p, why in hd.excluded},
+            "in_results": None if slots is None else present,
+            "binding_failures": None if slots is None else sum(
+                1 for s in slots if s.status is GroupStatus.ABORTED
+                and any("binding" in why for _, why in s.aborts)),
+            "reputation": {} if st is None else {str(p): s for p, s in st.reputation().items()},
+            "weight": {} if st is None else {str(p): st.weight_factor(p) for p in ids},
+            "virtual_time": None,
+            "wall_s": None if t_wall is None else round(t_wall - prev_wall, 4),
+        })
+        prev_wall = t_wall if t_wall is not None else prev_wall
+    accuracy = [m["accuracy"] for m in metrics]
+    final = standing[max(standing)] if standing else None
+    lagging = [p for p in procs if p.stopped and p.round < cfg.rounds]
+    with_records = [m for m in metrics if m["in_results"] is not None]
+    data: dict[str, Any] = {
+        "peers": cfg.peers,
+        "rounds": cfg.rounds,
+        "transport": "tcp",
+        "secure": fed.secure,
+        "aggregation": "secure" if fed.secure else "plaintext",
+        "dataset": cfg.dataset if cfg.task is None else None,
+        "task": cfg.task or f"{cfg.dataset}-{cfg.model}",
+        "partition": cfg.partition,
+        "strategy": cfg.strategy,
+        "dropout": 0.0,
+        "seed": cfg.seed,
+        "cohort_size": fed.cohort.size,
+        "group_size": fed.cohort.group_size,
+        "federation_id": fed.id_hex,
+        "final_accuracy": accuracy[-1] if accuracy else None,
+        "initial_accuracy": initial.get("accuracy"),
+        "accuracy_by_round": accuracy,
+        "loss_by_round": [m["loss"] for m in metrics],
+        "models_agree": agree,
+        "disagreeing_rounds": [r for r in bad_rounds if r >= 0],
+        "rounds_completed": sum(h is not None for h in canonical[1:]),
+        "model_hash_by_round": canonical[1:],
+        "final_model_hash": canonical[-1],
+        "models_loaded_by_round": [h is not None and h in seen.models for h in canonical[1:]],
+        "dropouts_by_round": [[] for _ in metrics],
+        "dropped_by_round": [m["dropped"] for m in metrics],
+        "binding_failures_by_round": [m["binding_failures"] for m in metrics],
+        "aborted_groups_by_round": [m["groups_aborted"] for m in metrics],
+        "excluded_by_round": [m["excluded"] for m in metrics],
+        "malicious": [],
+        "attack": None,
+        "malicious_fraction": 0.0,
+        "defense": cfg.defended,
+        "weighting": cfg.weighting,
+        "clip_norm": cfg.clip,
+        "reputation": {} if final is None else {
+            str(p): s for p, s in sorted(final.reputation().items())},
+        "credits": {} if final is None else {
+            str(p): c for p, c in sorted(final.credits().items())},
+        "detection": detection_stats(with_records, set()),
+        "syncs": None,
+        "offences": None,
+        "lagging_peers": sorted(str(p.id) for p in lagging),
+        "down_at_end": sorted(str(p.id) for p in procs if not p.stopped),
+        "node_exit_codes": {str(p.id): p.exit for p in procs},
+        "startup_s": None if seen.startup_s is None else round(seen.startup_s, 3),
+        "wall_s": round(wall_s, 3),
+        "virtual_s": None,
+        "bytes_sent_per_peer": None,
+        "bytes_sent_mean": None,
+        "peer_ids": [str(p) for p in ids],
+    }
+    h_final = canonical[-1]
+    return Summary(data, metrics, seen.models.get(h_final) if h_final else None, fed)
+
+
+def _write_outputs(summary: Summary, out: Path) -> None:
+    """``summary.json``, ``metrics.jsonl``, ``accuracy.png`` and ``reputation.png``
+    (no ``bytes_per_peer.png``: the nodes do not report bytes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "summary.json", (json.dumps(summary.data, indent=2) + "\n").encode())
+    lines = "".join(json.dumps(m) + "\n" for m in summary.metrics)
+    atomic_write(out / "metrics.jsonl", lines.encode())
+    _plot_accuracy(summary, out / "accuracy.png")
+    _plot_reputation(summary, out / "reputation.png")
+
+
+# -- the run -------------------------------------------------------------------------
+
+
+def run_process_simulation(cfg: SimConfig) -> Summary:
+    """Run the simulation ``cfg`` (``transport = "tcp"``) as one ``p2pfl node``
+    process per peer over loopback TCP; return its :class:`Summary` and, with
+    ``cfg.out``, write ``summary.json``, ``metrics.jsonl`` and the plots there (the
+    node logs in ``cfg.out/nodes/``).
+
+    Raises :class:`~p2pfl.errors.ConfigError` for invalid options (before starting a
+    process).  Every process started is stopped before it returns or raises.
+    """
+    from p2pfl.peer import resolve_aggregation
+
+    from ._run import _load_tasks, _training_table
+
+    cfg.validate()
+    t0 = time.perf_counter()
+    tasks = _load_tasks(cfg)
+    ids = sim_identities(cfg.peers, cfg.seed)
+    cap = max(int(t.num_samples) for t in tasks)
+    fed = build_federation(cfg, ids, sample_cap=cap, training=_training_table(cfg))
+    resolve_aggregation(None, fed)
+    # a short private directory: Unix socket paths must stay under 100 bytes
+    with tempfile.TemporaryDirectory(prefix="p2pfl-sim-") as tmp:
+        root = Path(tmp)
+        procs = _write_run_dir(root, cfg, fed, ids)
+        try:
+            for p in procs:
+                _start(p, Path.cwd())  # a user task is imported from the caller's directory
+            with progress_bar(cfg) as advance:
+                watch = _Watch(cfg, fed, procs, advance, t0)
+                trio.run(watch.main)
+        finally:
+            _stop(procs)
+            if cfg.out is not None:
+                logs = cfg.out / "nodes"
+                logs.mkdir(parents=True, exist_ok=True)
+                for p in procs:
+                    with contextlib.suppress(OSError):
+                        shutil.copyfile(p.log, logs / p.log.name)
+        for p in procs:  # the state each node stopped with
+            watch.read_checkpoint(p)
+        wall = time.perf_counter() - t0
+        summary = _summary(cfg, fed, tasks, procs, watch.seen, wall_s=wall, t0=t0)
+    if cfg.out is not None:
+        _write_outputs(summary, cfg.out)
+    return summary
