@@ -254,7 +254,8 @@ def _print_summary(d: dict[str, object], out: Path) -> None:
         ("final accuracy", fmt(d["final_accuracy"])),
         ("models agree", fmt(d["models_agree"])),
         ("rounds completed", fmt(d["rounds_completed"])),
-        ("wall time", f"{d['wall_s']} s ({d['virtual_s']} s simulated)"),
+        ("wall time", f"{d['wall_s']} s" + (
+            f" ({d['virtual_s']} s simulated)" if d.get("virtual_s") is not None else "")),
         ("bytes sent per peer (mean)",
          f"{bytes_mean / 1e6:.2f} MB" if isinstance(bytes_mean, int | float) else "-"),
     ]
@@ -324,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cohort", type=int, default=None, help="peers per round (default: all)")
     p.add_argument("--group-size", type=int, default=10, help="aggregation group size g")
     p.add_argument("--transport", default="memory", choices=["memory", "tcp"],
-                   help="memory (one process); tcp is not implemented yet")
+                   help="memory (one process, virtual time) or tcp (one `p2pfl node` "
+                        "process per peer over loopback TCP, real time)")
     p.add_argument("--device", default="cpu", help="training device: cpu | cuda | auto")
     p.add_argument("--seed", type=int, default=0, help="seed of keys, data split, dropouts")
     p.add_argument("--attack", default=None, metavar="NAME|MODULE:FUNCTION",

@@ -378,6 +378,7 @@ async def open_peer(
             train_inline=config.train_inline,
             limiter=limiter if limiter is not None else trio.CapacityLimiter(1),
             fault=fault, warmup=config.warmup, ledger=bound, adversary=adversary,
+            public_key=_key_lookup(fed, identity, overlay),
         )
         async with trio.open_nursery() as nursery:
             await nursery.start(driver.run)
@@ -385,6 +386,23 @@ async def open_peer(
                 yield Peer(identity, fed, overlay, driver, ledger)
             finally:
                 nursery.cancel_scope.cancel()
+
+
+def _key_lookup(fed: Federation, identity: Identity,
+                overlay: Overlay) -> Callable[[PeerId], bytes | None]:
+    """Identity keys of other peers (to verify signatures inside secure aggregation and
+    results): the member list of a permissioned federation, else the keys the overlay
+    saw on verified publications (every peer announces itself with ``Presence``)."""
+    listed = {PeerId.from_public_key(k): k for k in fed.membership.members}
+
+    def key(peer: PeerId) -> bytes | None:
+        if peer == identity.peer_id:
+            return identity.public_key
+        if fed.membership.policy == "permissioned":
+            return listed.get(peer)
+        return overlay.public_key(peer)
+
+    return key
 
 
 def _with_network(cfg: OverlayConfig, fed: Federation) -> OverlayConfig:

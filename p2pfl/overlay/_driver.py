@@ -204,6 +204,10 @@ class Overlay:
         """The active view."""
         return self._proto.neighbors()
 
+    def public_key(self, peer: PeerId) -> bytes | None:
+        """``peer``'s Ed25519 identity key, learned from its verified publications."""
+        return self._proto.public_key(peer)
+
     def live_peers(self, max_age: float = 60.0) -> list[PeerId]:
         """Peers with first-hand evidence of life in the last ``max_age`` seconds."""
         return self._proto.live_peers(trio.current_time(), max_age)

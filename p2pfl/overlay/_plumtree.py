@@ -71,6 +71,9 @@ _MAX_ANNOUNCERS = 8
 _MAX_ORIGINS = 16384
 
 
+_MAX_SIGNERS = 1 << 16
+
+
 def message_id(env: Signed) -> bytes:
     """BLAKE2b-160 of the whole envelope."""
     return hashlib.blake2b(env.signer + env.signature + env.body, digest_size=20).digest()
@@ -135,6 +138,8 @@ class Broadcast:
         self.seen: ExpiringSet[bytes] = ExpiringSet(config.seen_ttl, config.seen_max)
         self.rejected: OrderedDict[bytes, bool] = OrderedDict()
         self.store: OrderedDict[bytes, _Stored] = OrderedDict()
+        # origin -> its Ed25519 key, from verified publications (bounded, most recent)
+        self.signers: OrderedDict[PeerId, bytes] = OrderedDict()
         self._store_bytes = 0
         self.missing: dict[bytes, _Missing] = {}
         self._missing_heap: list[tuple[float, bytes]] = []
@@ -286,6 +291,10 @@ class Broadcast:
             if sender in self.lazy:
                 self._make_eager(sender)
             self.on_origin(env.peer_id, body, now)
+        self.signers[env.peer_id] = env.signer
+        self.signers.move_to_end(env.peer_id)
+        if len(self.signers) > _MAX_SIGNERS:
+            self.signers.popitem(last=False)
         self.stats["delivered"] += 1
         self.out.events.append(Delivered(body.topic, env.peer_id, body.payload, mid, hops, body.ts))
         g = Gossip(env, hops)

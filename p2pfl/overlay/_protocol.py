@@ -350,6 +350,12 @@ class OverlayProtocol:
     def connected(self, peer: PeerId) -> bool:
         return peer in self._links
 
+    def public_key(self, peer: PeerId) -> bytes | None:
+        """``peer``'s Ed25519 key as its verified publications showed it (None: none heard)."""
+        if peer == self.identity.peer_id:
+            return self.identity.public_key
+        return self.broadcast.signers.get(peer)
+
     def address_of(self, peer: PeerId) -> str | None:
         m = self.membership
         a = m.active.get(peer) or m.passive.get(peer)

@@ -60,7 +60,7 @@ import numpy as np
 import trio
 
 from p2pfl.errors import LocalProtocolError
-from p2pfl.federation import Federation, federation_from_dict, load_checkpoint
+from p2pfl.federation import Federation, GlobalState, federation_from_dict, load_checkpoint
 from p2pfl.identity import Identity, atomic_write
 from p2pfl.learning.strategy import hash_vector
 from p2pfl.wire import PeerId
@@ -79,6 +79,7 @@ from ._report import (
 __all__ = ["federation_toml", "run_process_simulation"]
 
 _POLL: Final = 0.5  # seconds between two status polls
+_CKPT_POLL: Final = 0.05  # seconds between two looks at the checkpoint files (a stat each)
 _ASK_TIMEOUT: Final = 3.0  # seconds a node has to answer one status request
 _STARTUP: Final = 120.0  # seconds allowed for starting the processes (imports, joining)
 _STOP: Final = 30.0  # seconds between SIGINT and SIGKILL
@@ -278,8 +279,6 @@ class _Watch:
             for p in self.procs:
                 if p.running:
                     nursery.start_soon(self._ask, p)
-        for p in self.procs:
-            self.read_checkpoint(p)
         now = time.perf_counter()
         if self.seen.startup_s is None and all(p.round >= 0 for p in self.procs):
             self.seen.startup_s = now - self.t0
@@ -293,17 +292,26 @@ class _Watch:
     def finished(self) -> bool:
         return all(p.round >= self.cfg.rounds for p in self.procs if p.running)
 
+    async def _read_checkpoints(self) -> None:
+        while True:
+            for p in self.procs:
+                self.read_checkpoint(p)
+            await trio.sleep(_CKPT_POLL)
+
     async def main(self) -> None:
         limit = _STARTUP + self.cfg.rounds * self.fed.timeouts.round
-        with trio.move_on_after(limit):
-            while not self.finished() and any(p.running for p in self.procs):
-                await self.poll()
-                await trio.sleep(_POLL)
-        # stragglers (catching up) get one more round deadline, within the bound above
-        with trio.move_on_after(self.fed.timeouts.round):
-            while not self.finished():
-                await trio.sleep(_POLL)
-                await self.poll()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read_checkpoints)
+            with trio.move_on_after(limit):
+                while not self.finished() and any(p.running for p in self.procs):
+                    await self.poll()
+                    await trio.sleep(_POLL)
+            # stragglers (catching up) get one more round deadline, within the bound above
+            with trio.move_on_after(self.fed.timeouts.round):
+                while not self.finished():
+                    await trio.sleep(_POLL)
+                    await self.poll()
+            nursery.cancel_scope.cancel()
 
 
 def _start(p: _Proc, cwd: Path) -> None:
@@ -336,11 +344,11 @@ def _stop(procs: list[_Proc]) -> None:
 # -- the summary ---------------------------------------------------------------------
 
 
-def _ledger_rounds(fed: Federation, procs: list[_Proc]) -> tuple[dict[int, Any], dict[int, Any]]:
-    """(round -> record body, round -> standing after it) from the first node's ledger
-    that can be read (a copy; the nodes have stopped)."""
+def _ledger_records(fed: Federation, procs: list[_Proc]) -> list[Any]:
+    """The round records of the first node whose ledger file can be read (a copy; the
+    nodes have stopped); [] when none can."""
     from p2pfl.errors import P2PFLError
-    from p2pfl.ledger import Ledger, Standing
+    from p2pfl.ledger import Ledger
     from p2pfl.peer import ledger_path
 
     for p in procs:
@@ -354,23 +362,69 @@ def _ledger_rounds(fed: Federation, procs: list[_Proc]) -> tuple[dict[int, Any],
                 led = Ledger.open(copy, fed)
             except P2PFLError:
                 continue
-            bodies = [rec.body for rec in led.records]
+            records = list(led.records)
             led.close()
-        st = Standing.initial(fed)
-        records, standing = {}, {}
-        for body in bodies:
-            st = st.apply(body)
-            records[body.round], standing[body.round] = body, st
-        return records, standing
-    return {}, {}
+        return records
+    return []
+
+
+def _replay(fed: Federation, initial: GlobalState, records: list[Any], seen: _Seen) -> int:
+    """Recompute the global model of each round from the ledger: the federation's
+    strategy step over the accepted groups' update sums (kept in the witnesses when
+    the result signatures cover the whole body), from ``initial``.  A model is kept
+    only when its hash is the one the record names; the replay stops at the first
+    round it cannot reproduce.  Returns the rounds reproduced."""
+    from p2pfl.learning.strategy import GroupResult
+    from p2pfl.ledger import GroupStatus
+
+    model, sstate = initial.model, initial.strategy_state
+    done = 0
+    for rec in sorted(records, key=lambda x: x.body.round):
+        body = rec.body
+        if body.round != done:
+            break
+        sums = {w.index: w.update_sum for w in rec.witnesses}
+        results = []
+        for slot in body.groups:
+            if slot.status is not GroupStatus.ACCEPTED or slot.header is None:
+                continue
+            if sums.get(slot.index) is None:
+                return done
+            hd = slot.header
+            results.append(GroupResult(slot.index, np.asarray(sums[slot.index]), hd.total_weight,
+                                       hd.total_samples))
+        try:
+            model, sstate = fed.strategy.apply(model, results, sstate)
+        except ValueError:
+            return done
+        h = hash_vector(model)
+        if h != body.model_hash.hex():
+            return done
+        seen.models.setdefault(h, np.array(model, dtype=np.float32))
+        done += 1
+    return done
 
 
 def _summary(cfg: SimConfig, fed: Federation, tasks: list[Any], procs: list[_Proc],
              seen: _Seen, *, wall_s: float, t0: float) -> Summary:
-    from p2pfl.ledger import GroupStatus
+    from p2pfl.ledger import GroupStatus, Standing
+    from p2pfl.peer import initial_model
 
     evaluate = _evaluator(tasks, fed.seed)
     agree, bad_rounds = models_agree(seen.held, cfg.rounds)
+    start = GlobalState.initial(fed, initial_model(tasks[0], fed))
+    ledger = _ledger_records(fed, procs)
+    replayed = 0
+    reported = {h for held in seen.held.values() for h in held.get(-1, ())}
+    if reported == {hash_vector(start.model)}:  # the round-0 model every node reported
+        seen.models.setdefault(hash_vector(start.model), np.array(start.model))
+        replayed = _replay(fed, start, ledger, seen)
+    records: dict[int, Any] = {}
+    standing: dict[int, Standing] = {}
+    st = Standing.initial(fed)
+    for rec in sorted(ledger, key=lambda x: x.body.round):
+        st = st.apply(rec.body)
+        records[rec.body.round], standing[rec.body.round] = rec.body, st
     canonical: list[str | None] = []
     for r in range(-1, cfg.rounds):
         counts = Counter(h for held in seen.held.values() for h in held.get(r, ()))
@@ -379,7 +433,6 @@ def _summary(cfg: SimConfig, fed: Federation, tasks: list[Any], procs: list[_Pro
     def measure(h: str | None) -> dict[str, float]:
         return evaluate(seen.models[h]) if h is not None and h in seen.models else {}
 
-    records, standing = _ledger_rounds(fed, procs)
     ids = [p.id for p in procs]
     initial = measure(canonical[0])
     metrics: list[dict[str, Any]] = []
@@ -393,7 +446,7 @@ def _summary(cfg: SimConfig, fed: Federation, tasks: list[Any], procs: list[_Pro
         excluded = sorted({str(p) for hd in heads for p, _ in hd.excluded})
         present = sorted({str(p) for hd in heads for p in (*hd.included, *hd.dropped)}
                          | set(excluded))
-        st = standing.get(r) if slots is not None else None
+        after = standing.get(r) if slots is not None else None
         t_wall = seen.wall_by_round.get(r)
         metrics.append({
             "round": r,
@@ -420,14 +473,15 @@ def _summary(cfg: SimConfig, fed: Federation, tasks: list[Any], procs: list[_Pro
             "binding_failures": None if slots is None else sum(
                 1 for s in slots if s.status is GroupStatus.ABORTED
                 and any("binding" in why for _, why in s.aborts)),
-            "reputation": {} if st is None else {str(p): s for p, s in st.reputation().items()},
-            "weight": {} if st is None else {str(p): st.weight_factor(p) for p in ids},
+            "reputation": {} if after is None else {
+                str(p): s for p, s in after.reputation().items()},
+            "weight": {} if after is None else {str(p): after.weight_factor(p) for p in ids},
             "virtual_time": None,
             "wall_s": None if t_wall is None else round(t_wall - prev_wall, 4),
         })
         prev_wall = t_wall if t_wall is not None else prev_wall
     accuracy = [m["accuracy"] for m in metrics]
-    final = standing[max(standing)] if standing else None
+    final = standing.get(cfg.rounds - 1)  # the nodes ran on: their ledgers are longer
     lagging = [p for p in procs if p.stopped and p.round < cfg.rounds]
     with_records = [m for m in metrics if m["in_results"] is not None]
     data: dict[str, Any] = {
@@ -455,6 +509,7 @@ def _summary(cfg: SimConfig, fed: Federation, tasks: list[Any], procs: list[_Pro
         "model_hash_by_round": canonical[1:],
         "final_model_hash": canonical[-1],
         "models_loaded_by_round": [h is not None and h in seen.models for h in canonical[1:]],
+        "rounds_replayed": replayed,
         "dropouts_by_round": [[] for _ in metrics],
         "dropped_by_round": [m["dropped"] for m in metrics],
         "binding_failures_by_round": [m["binding_failures"] for m in metrics],

@@ -72,3 +72,14 @@ def test_user_attacks_receive_the_honest_update_and_context() -> None:
     assert out.tolist() == [-2.0, -0.0, -0.0]
     q = np.array([30, -30], dtype=np.int64)
     assert adv.sketch_input(q) is q
+
+
+def test_open_membership_caps_newcomers_then_lifts_the_cap() -> None:
+    """Open federation: keys come from the overlay (verified publications); every peer
+    is a newcomer capped at newcomer_weight (0.25) until it has 5 accepted
+    contributions, then it gets full weight."""
+    s = _run(membership="open", rounds=6, attack=None, malicious=0.0)
+    assert s["models_agree"] and s["final_accuracy"] > 0.9
+    weights = [set(m["weight"].values()) for m in s.metrics]
+    assert weights[0] == {0.25} and weights[3] == {0.25}
+    assert weights[5] == {1.0}
