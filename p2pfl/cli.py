@@ -239,6 +239,14 @@ def _ledger_doc(led: Any, peers: list[Any], last: int | None, torn: int) -> dict
             "torn_bytes": torn, "peers": standing, "history": history}
 
 
+def _items(v: object) -> list[object]:
+    return list(v) if isinstance(v, list) else []
+
+
+def _count(v: object) -> int:
+    return len(v) if isinstance(v, list) else 0
+
+
 def _print_summary(d: dict[str, object], out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -251,6 +259,10 @@ def _print_summary(d: dict[str, object], out: Path) -> None:
         ("peers / rounds", f"{d['peers']} / {d['rounds']}"),
         ("aggregation", str(d["aggregation"])),
         ("partition / dropout", f"{d['partition']} / {d['dropout']}"),
+        ("detection", "on" if d.get("defense") else "off"),
+        *([("attack", f"{d['attack']} ({_count(d.get('malicious'))} malicious)")]
+          if d.get("attack") else []),
+        ("excluded (peer-rounds)", str(sum(_count(e) for e in _items(d.get("excluded_by_round"))))),
         ("final accuracy", fmt(d["final_accuracy"])),
         ("models agree", fmt(d["models_agree"])),
         ("rounds completed", fmt(d["rounds_completed"])),
@@ -267,7 +279,14 @@ def _print_summary(d: dict[str, object], out: Path) -> None:
         table.add_row(k, v)
     console = Console()
     console.print(table)
-    console.print(f"wrote {out / 'summary.json'}, {out / 'metrics.jsonl'}, {out / 'accuracy.png'}")
+    det = d.get("detection")
+    if isinstance(det, dict) and det.get("detection_rate") is not None:
+        console.print(f"detection rate {det['detection_rate']:.3f}, false positives "
+                      f"{det['false_positive_rate']:.3f} (excluded / present peer-rounds)")
+    plots = [n for n in ("accuracy.png", "reputation.png", "bytes_per_peer.png")
+             if (out / n).exists()]
+    console.print(f"wrote {out / 'summary.json'}, {out / 'metrics.jsonl'}, "
+                  + ", ".join(str(out / n) for n in plots))
 
 
 def build_parser() -> argparse.ArgumentParser:
