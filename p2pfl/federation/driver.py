@@ -52,8 +52,13 @@ count latency and timeouts, not compute.  Never in production (it blocks network
 Fault injection (simulations, tests): ``fault(stage, round) -> bool`` is called at
 ``"round_start"`` (cohort members, before training) and ``"submitted"`` (after our update
 went to the overlay); True *halts* the driver: no input, nothing issued any more (what
-was issued before still leaves).  :class:`Presence` (tag 0x0510), published once we have
-a neighbour and every ``presence_interval`` s, lets peers learn each other's addresses.
+was issued before still leaves).  :class:`Presence` (tag 0x0510) lets peers learn each
+other's addresses (and, in an open federation, keys).  Open federation: published once we
+have a neighbour and every ``presence_interval`` s (the live view is the cohort's
+candidate list).  Permissioned (keys from the member list): published only at the start
+of a round in which we are in the cohort, at most once per ``presence_interval`` -- N
+peers announcing to N peers is O(N^2) messages, and only cohort members need to be
+reached directly.
 """
 
 from __future__ import annotations
@@ -221,6 +226,10 @@ class FederationDriver:
         self._fault = fault
         self._warmup = warmup
         self._presence_interval = presence_interval
+        # permissioned: keys come from the member list, so only addresses are learned
+        # from Presence -- and only cohort members need theirs known (see _start_round)
+        self._lazy_presence = federation.membership.policy == "permissioned"
+        self._announced_at = -math.inf
         self._public_key = public_key
         self._rm: RoundMachine | None = None
         self._started_at = 0.0
@@ -293,7 +302,8 @@ class FederationDriver:
             nursery.start_soon(self._read_watch, watch)
             nursery.start_soon(self._send_loop)
             nursery.start_soon(self._checkpoint_loop)
-            nursery.start_soon(self._announce)
+            if not self._lazy_presence:
+                nursery.start_soon(self._announce)
             self._next_start = trio.current_time() + self._warmup
             nursery.start_soon(self._timer_loop)
             task_status.started()
@@ -697,6 +707,11 @@ class FederationDriver:
         behind = first or self._ahead > state.round
         self._pull_at = now + (t.sign if behind else max(t.round - t.sign, t.round / 2))
         in_cohort = sched.group_of(self.me) is not None
+        if in_cohort and self._lazy_presence and (
+                now - self._announced_at >= self._presence_interval
+                if self._presence_interval > 0 else self._announced_at == -math.inf):
+            self._announced_at = now  # before our first direct message of the round
+            self._put(Out(None, encode(Presence(self.federation.id, state.round)), -1))
         log.debug("%s: round %d starts from %s", self.me.short(), state.round, state.digest.hex()[:8])
         self._emit(RoundStarted(state, sched, in_cohort))
         self._changed.set()

@@ -226,6 +226,8 @@ class _Seen:
     held: dict[PeerId, dict[int, set[str]]] = field(default_factory=dict)  # r -> hashes after r
     models: dict[str, np.ndarray] = field(default_factory=dict)
     wall_by_round: dict[int, float] = field(default_factory=dict)  # first node done with r
+    # (time.time(): a checkpoint's mtime -- the node started round r + 1 -- else the poll
+    # that first saw a node past r)
     startup_s: float | None = None  # until every node answered its control socket
     last_status: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -270,6 +272,10 @@ class _Watch:
         except CheckpointError:
             return  # replaced while reading (cannot happen with atomic writes) -- retry
         p.ckpt_seen = key
+        if 0 < state.round <= self.cfg.rounds:
+            r = state.round - 1
+            self.seen.wall_by_round[r] = min(self.seen.wall_by_round.get(r, st.st_mtime),
+                                             st.st_mtime)
         h = hash_vector(state.model)
         self.seen.hold(p.id, state.round, h)
         self.seen.models.setdefault(h, np.array(state.model, dtype=np.float32))
@@ -279,12 +285,12 @@ class _Watch:
             for p in self.procs:
                 if p.running:
                     nursery.start_soon(self._ask, p)
-        now = time.perf_counter()
+        now = time.time()
         if self.seen.startup_s is None and all(p.round >= 0 for p in self.procs):
             self.seen.startup_s = now - self.t0
         top = max((p.round for p in self.procs), default=0)
         for r in range(self.top, min(top, self.cfg.rounds)):
-            self.seen.wall_by_round[r] = now
+            self.seen.wall_by_round.setdefault(r, now)
         if top > self.top:
             self.top = top
             self.on_round(top)
@@ -570,7 +576,7 @@ def run_process_simulation(cfg: SimConfig) -> Summary:
     from ._run import _load_tasks, _training_table
 
     cfg.validate()
-    t0 = time.perf_counter()
+    t0 = time.time()  # wall clock: compared with the checkpoints' mtimes
     tasks = _load_tasks(cfg)
     ids = sim_identities(cfg.peers, cfg.seed)
     cap = max(int(t.num_samples) for t in tasks)
@@ -596,7 +602,7 @@ def run_process_simulation(cfg: SimConfig) -> Summary:
                         shutil.copyfile(p.log, logs / p.log.name)
         for p in procs:  # the state each node stopped with
             watch.read_checkpoint(p)
-        wall = time.perf_counter() - t0
+        wall = time.time() - t0
         summary = _summary(cfg, fed, tasks, procs, watch.seen, wall_s=wall, t0=t0)
     if cfg.out is not None:
         _write_outputs(summary, cfg.out)
