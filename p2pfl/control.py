@@ -105,12 +105,10 @@ def socket_path(value: object, checkpoint_dir: Path | None,
     return path
 
 
-def config_socket_path(config: str | os.PathLike[str]) -> Path | None:
-    """The control socket named by the peer config file ``config`` (its ``control`` and
-    ``checkpoint_dir`` keys; the rest is not read, so this stays cheap for a client).
-
-    Raises :class:`ConfigError` when the file cannot be read or those keys are invalid.
-    """
+def read_peer_config(config: str | os.PathLike[str]) -> tuple[dict[str, Any], Callable[[str], Path]]:
+    """The parsed TOML of a peer config file and ``where(rel)``, which resolves a path
+    relative to the file's directory (what :func:`p2pfl.node.load_node_config` and
+    :func:`config_socket_path` both start from).  Raises :class:`ConfigError`."""
     import tomllib
 
     p = Path(config)
@@ -126,6 +124,16 @@ def config_socket_path(config: str | os.PathLike[str]) -> Path | None:
         q = Path(rel).expanduser()
         return q if q.is_absolute() else base / q
 
+    return data, where
+
+
+def config_socket_path(config: str | os.PathLike[str]) -> Path | None:
+    """The control socket named by the peer config file ``config`` (its ``control`` and
+    ``checkpoint_dir`` keys; the rest is not read, so this stays cheap for a client).
+
+    Raises :class:`ConfigError` when the file cannot be read or those keys are invalid.
+    """
+    data, where = read_peer_config(config)
     ckpt = data.get("checkpoint_dir")
     if ckpt is not None and (not isinstance(ckpt, str) or not ckpt.strip()):
         raise ConfigError(f"checkpoint_dir: must be a non-empty string, got {ckpt!r}")

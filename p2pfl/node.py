@@ -62,7 +62,6 @@ import logging
 import os
 import signal
 import time
-import tomllib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -176,19 +175,9 @@ def _address(value: str, key: str) -> str:
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     """Read and validate the peer config at ``path`` (raises :class:`ConfigError`)."""
-    p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"config: cannot read {p}: {e.strerror or e}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config: {p} is not valid TOML: {e}") from e
-    base = p.resolve().parent
+    from p2pfl.control import read_peer_config
 
-    def where(rel: str) -> Path:
-        q = Path(rel).expanduser()
-        return q if q.is_absolute() else base / q
-
+    data, where = read_peer_config(path)
     t = _Table(data, "")
     key = where(t.text("key", max_len=4096))
     if not key.is_file():

@@ -393,13 +393,11 @@ def _key_lookup(fed: Federation, identity: Identity,
     """Identity keys of other peers (to verify signatures inside secure aggregation and
     results): the member list of a permissioned federation, else the keys the overlay
     saw on verified publications (every peer announces itself with ``Presence``)."""
-    listed = {PeerId.from_public_key(k): k for k in fed.membership.members}
-
     def key(peer: PeerId) -> bytes | None:
         if peer == identity.peer_id:
             return identity.public_key
         if fed.membership.policy == "permissioned":
-            return listed.get(peer)
+            return fed.membership.public_key(peer)
         return overlay.public_key(peer)
 
     return key

@@ -5,90 +5,26 @@ others' within two rounds) with its key file and checkpoint intact."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from p2pfl.federation import load_checkpoint, load_federation
 from p2pfl.identity import Identity
 from p2pfl.peer import checkpoint_path
+from tests.processes import cli, federation_toml, free_ports, read_status
 
 N = 5
 VICTIM = 3
 DEADLINE = 110.0  # the whole test, seconds
 
-FEDERATION = """\
-name = "node-processes"
-task = "digits-mlp"
-seed = 0
-secure = true
-
-[training]
-epochs = 1
-batch_size = 32
-lr = 0.05
-momentum = 0.9
-weight_decay = 0.0
-
-[update]
-clip_norm = 10.0
-sample_cap = 300
-
-[cohort]
-size = 5
-group_size = 5
-min_group_size = 3
-aggregators = 2
-
-[secagg]
-threshold = 0.6
-
-[timeouts]
-train = 4.0
-stage = 1.5
-sign = 1.5
-failover = 1.5
-round = 18.0
-
-[membership]
-policy = "permissioned"
-members = [{members}]
-"""
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _cli(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "p2pfl", *args], capture_output=True, text=True,
-                         timeout=60, check=True)
-    return out.stdout.strip()
-
-
-def _status(path: Path) -> dict[str, Any] | None:
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc
 
 
 def _wait(what: str, cond: Callable[[], bool], until: float, procs: list[subprocess.Popen[bytes]],
@@ -109,12 +45,13 @@ def test_kill_and_restart_a_node_process(tmp_path: Path) -> None:
     until = t0 + DEADLINE
     keys = [tmp_path / f"p{i}.key" for i in range(N)]
     for k in keys:
-        _cli("keygen", str(k))
+        cli("keygen", str(k))
     idents = [Identity.load(k) for k in keys]
-    members = ", ".join(f'"{i.public_key.hex()}"' for i in idents)
-    (tmp_path / "federation.toml").write_text(FEDERATION.format(members=members))
+    (tmp_path / "federation.toml").write_text(federation_toml(
+        "node-processes", (i.public_key.hex() for i in idents),
+        size=5, group_size=5, min_group_size=3, threshold=0.6))
     fed = load_federation(tmp_path / "federation.toml")
-    ports = _free_ports(N)
+    ports = free_ports(N)
     addrs = [f"tcp:127.0.0.1:{p}" for p in ports]
     configs, statuses = [], []
     for i in range(N):
@@ -138,11 +75,11 @@ def test_kill_and_restart_a_node_process(tmp_path: Path) -> None:
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
 
     def rnd(i: int) -> int:
-        s = _status(statuses[i])
+        s = read_status(statuses[i])
         return -1 if s is None else int(s["round"])
 
     def hist(i: int) -> dict[int, str]:
-        s = _status(statuses[i])
+        s = read_status(statuses[i])
         return {} if s is None else {int(r): h for r, h in s["history"].items()}
 
     procs: list[subprocess.Popen[bytes]] = []

@@ -43,7 +43,7 @@ from p2pfl.control import (
 )
 from p2pfl.errors import ConfigError, RemoteProtocolError
 from p2pfl.identity import Identity
-from tests.test_node_processes import _cli, _free_ports
+from tests.processes import cli, federation_toml, free_ports
 
 
 def _ops(calls: list[Mapping[str, Any]] | None = None) -> dict[str, Operation]:
@@ -269,43 +269,6 @@ N = 4
 ROUNDS = 3
 DEADLINE = 120.0  # waiting for round 3 everywhere, seconds
 
-FEDERATION = """\
-name = "status-processes"
-task = "digits-mlp"
-seed = 0
-secure = true
-
-[training]
-epochs = 3
-batch_size = 32
-lr = 0.05
-momentum = 0.9
-weight_decay = 0.0
-
-[update]
-clip_norm = 10.0
-sample_cap = 300
-
-[cohort]
-size = 4
-group_size = 4
-min_group_size = 3
-aggregators = 2
-
-[secagg]
-threshold = 0.6
-
-[timeouts]
-train = 4.0
-stage = 1.5
-sign = 1.5
-failover = 1.5
-round = 18.0
-
-[membership]
-policy = "permissioned"
-members = [{members}]
-"""
 
 
 def _status_all(configs: list[Path]) -> list[tuple[int, dict[str, Any] | None, str]]:
@@ -330,10 +293,11 @@ def _status(config: Path) -> tuple[int, dict[str, Any] | None, str]:
 def test_four_node_processes_agree_as_seen_through_p2pfl_status(tmp_path: Path) -> None:
     t0 = time.monotonic()
     keys = [tmp_path / f"p{i}.key" for i in range(N)]
-    peer_ids = [_cli("keygen", str(k)) for k in keys]
-    members = ", ".join(f'"{Identity.load(k).public_key.hex()}"' for k in keys)
-    (tmp_path / "federation.toml").write_text(FEDERATION.format(members=members))
-    addrs = [f"tcp:127.0.0.1:{p}" for p in _free_ports(N)]
+    peer_ids = [cli("keygen", str(k)) for k in keys]
+    (tmp_path / "federation.toml").write_text(federation_toml(
+        "status-processes", (Identity.load(k).public_key.hex() for k in keys),
+        size=4, group_size=4, min_group_size=3, threshold=0.6, epochs=3))
+    addrs = [f"tcp:127.0.0.1:{p}" for p in free_ports(N)]
     configs = []
     for i in range(N):
         boot = ", ".join(f'"{a}"' for j, a in enumerate(addrs) if j != i)

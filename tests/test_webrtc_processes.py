@@ -13,18 +13,17 @@ round keeps the model.  The test counts rounds whose model hash *changed*.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from p2pfl.identity import Identity
+from tests.processes import federation_toml, free_ports, read_status
 
 pytest.importorskip("aiortc")
 
@@ -33,64 +32,12 @@ UNREACHABLE = (4, 5)
 ROUNDS = 2
 DEADLINE = 150.0  # the whole test, seconds
 
-FEDERATION = """\
-name = "webrtc-processes"
-task = "digits-mlp"
-seed = 0
-secure = true
-
-[training]
-epochs = 1
-batch_size = 32
-lr = 0.05
-momentum = 0.9
-weight_decay = 0.0
-
-[update]
-clip_norm = 10.0
-sample_cap = 300
-
-[cohort]
-size = {n}
-group_size = {n}
-min_group_size = {n}
-aggregators = 2
-
-[secagg]
-threshold = {n}
-
-[timeouts]
-train = 8.0
-stage = 3.0
-sign = 3.0
-failover = 3.0
-round = 40.0
-
-[membership]
-policy = "permissioned"
-members = [{members}]
-"""
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _status(path: Path) -> dict[str, Any] | None:
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc
+def _federation(n: int, members: Iterable[str]) -> str:
+    """Every member must contribute (threshold n): rounds need the unreachable peers."""
+    return federation_toml("webrtc-processes", members, size=n, group_size=n,
+                           min_group_size=n, threshold=n, timeouts=(8.0, 3.0, 3.0, 3.0, 40.0))
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -142,10 +89,9 @@ def test_unreachable_nodes_take_part_through_webrtc(tmp_path: Path) -> None:
     idents = [Identity.generate() for _ in keys]
     for ident, k in zip(idents, keys, strict=True):
         ident.save(k)
-    members = ", ".join(f'"{i.public_key.hex()}"' for i in idents)
-    (tmp_path / "federation.toml").write_text(FEDERATION.format(n=N, members=members))
+    (tmp_path / "federation.toml").write_text(_federation(N, (i.public_key.hex() for i in idents)))
     reachable = [i for i in range(N) if i not in UNREACHABLE]
-    ports = dict(zip(reachable, _free_ports(len(reachable)), strict=True))
+    ports = dict(zip(reachable, free_ports(len(reachable)), strict=True))
     addrs = {i: f"tcp:127.0.0.1:{p}" for i, p in ports.items()}
     configs, statuses = [], []
     for i in range(N):
@@ -170,7 +116,7 @@ def test_unreachable_nodes_take_part_through_webrtc(tmp_path: Path) -> None:
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
 
     def hist(i: int) -> dict[int, str]:
-        s = _status(statuses[i])
+        s = read_status(statuses[i])
         return {} if s is None else {int(r): h for r, h in s["history"].items()}
 
     udp_seen = dict.fromkeys(UNREACHABLE, 0)
@@ -197,7 +143,7 @@ def test_unreachable_nodes_take_part_through_webrtc(tmp_path: Path) -> None:
               until, procs, sample)
         wall = time.monotonic() - started
         for i in UNREACHABLE:
-            s = _status(statuses[i])
+            s = read_status(statuses[i])
             assert s is not None and s["listen"] == f"webrtc:{idents[i].peer_id}"
             assert listening_seen[i] == 0, f"unreachable node {i} had a listening socket"
             assert udp_seen[i] > 0, f"unreachable node {i} never opened a WebRTC (UDP) socket"
@@ -225,8 +171,7 @@ def test_unreachable_nodes_take_part_through_webrtc(tmp_path: Path) -> None:
 
 def _node_config(tmp_path: Path, extra: str) -> Path:
     Identity.generate().save(tmp_path / "k.key", overwrite=True)
-    (tmp_path / "federation.toml").write_text(
-        FEDERATION.format(n=3, members=f'"{Identity.generate().public_key.hex()}"'))
+    (tmp_path / "federation.toml").write_text(_federation(3, [Identity.generate().public_key.hex()]))
     cfg = tmp_path / "peer.toml"
     cfg.write_text(f'key = "k.key"\nfederation = "federation.toml"\n{extra}')
     return cfg

@@ -32,7 +32,7 @@ from ._events import Event, OutputReady
 from ._member import Member, ReferenceFn, SketchFn
 from ._messages import Message, UnmaskShares
 
-__all__ = ["Delivery", "FakeIdentities", "Harness", "build_group"]
+__all__ = ["Delivery", "FakeIdentities", "Harness", "build_group", "random_inputs", "ring_sum"]
 
 
 class FakeIdentities:
@@ -274,3 +274,17 @@ def build_group(
         for a in cfg.aggregators
     }
     return Harness(cfg, members, aggs, now=start, **harness_args)  # type: ignore[arg-type]
+
+
+def random_inputs(n: int, dim: int, seed: int) -> list[NDArray[np.uint32]]:
+    """``n`` uniformly random ring vectors of length ``dim`` (seeded)."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 2**32, dim, dtype=np.uint32) for _ in range(n)]
+
+
+def ring_sum(xs: Sequence[NDArray[np.uint32]], members: frozenset[int], dim: int) -> NDArray[np.uint32]:
+    """The wrapping uint32 sum of ``xs[u]`` over ``members``: what the group must output."""
+    acc = np.zeros(dim, dtype=np.uint32)
+    for u in sorted(members):
+        acc += xs[u]
+    return acc

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from p2pfl.wire import MaxLen, PeerId, Range, message
 
 from .aggregation import AggregationContext, AggregationEvent, Contribution, GroupSumReady
 from .config import Federation
-from .events import GroupResolved, Misbehaviour, RoundCompleted, RoundFailed
+from .events import GroupResolved, Misbehaviour, Outgoing, RoundCompleted, RoundFailed
 from .messages import SignedGroupAbort, SignedGroupResult
 from .schedule import RoundSchedule
 from .state import GlobalState
@@ -21,6 +22,7 @@ __all__ = [
     "DriverEvent",
     "DriverStatistics",
     "Item",
+    "LedgerHooks",
     "Observer",
     "Out",
     "Presence",
@@ -185,3 +187,30 @@ class Observer:
 
     def send_failed(self, recipient: PeerId, now: float) -> None:
         pass
+
+
+class LedgerHooks(Protocol):
+    """What the driver needs from the ledger (:class:`p2pfl.ledger.RoundLedger`; the
+    federation layer cannot import the ledger layer)."""
+
+    @property
+    def head(self) -> bytes: ...
+
+    def weight(self, peer: PeerId) -> float: ...
+
+    def weight_factor(self, peer: PeerId) -> float: ...
+
+    def record_round(self, completed: RoundCompleted, schedule: RoundSchedule,
+                     aborts: Iterable[SignedGroupAbort], now: float) -> None: ...
+
+    def behind(self, now: float) -> None: ...
+
+    def handles(self, msg: object) -> bool: ...
+
+    def receive(self, sender: PeerId, msg: object, now: float) -> None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def messages_to_send(self) -> list[Outgoing]: ...

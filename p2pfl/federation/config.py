@@ -289,12 +289,20 @@ class Membership:
     members: tuple[bytes, ...] = ()  # Ed25519 public keys, sorted
 
     @cached_property
+    def _keys(self) -> dict[PeerId, bytes]:
+        return {PeerId.from_public_key(k): k for k in self.members}
+
+    @cached_property
     def member_ids(self) -> frozenset[PeerId]:
-        return frozenset(PeerId.from_public_key(k) for k in self.members)
+        return frozenset(self._keys)
+
+    def public_key(self, peer: PeerId) -> bytes | None:
+        """The listed key of ``peer`` (None: not listed, or an open federation)."""
+        return self._keys.get(peer)
 
     def admits(self, peer: PeerId) -> bool:
         """True when ``peer`` may take part (always, for an open federation)."""
-        return self.policy == "open" or peer in self.member_ids
+        return self.policy == "open" or peer in self._keys
 
 
 @dataclass(frozen=True)

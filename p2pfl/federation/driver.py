@@ -69,7 +69,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import trio
@@ -85,6 +85,7 @@ from ._driver_support import (
     DriverEvent,
     DriverStatistics,
     Item,
+    LedgerHooks,
     Observer,
     Out,
     Presence,
@@ -139,33 +140,6 @@ _STATE_REQUEST_INTERVAL: Final = 1.0  # at most one answered StateRequest per pe
 
 Trainer = Callable[[TrainRequested], tuple[np.ndarray, int]]  # → (w_local − w_global, n)
 FaultHook = Callable[[str, int], bool]  # fault(stage, round); True halts the driver
-
-
-class LedgerHooks(Protocol):
-    """What the driver needs from the ledger (:class:`p2pfl.ledger.RoundLedger`; the
-    federation layer cannot import the ledger layer)."""
-
-    @property
-    def head(self) -> bytes: ...
-
-    def weight(self, peer: PeerId) -> float: ...
-
-    def weight_factor(self, peer: PeerId) -> float: ...
-
-    def record_round(self, completed: RoundCompleted, schedule: RoundSchedule,
-                     aborts: Iterable[SignedGroupAbort], now: float) -> None: ...
-
-    def behind(self, now: float) -> None: ...
-
-    def handles(self, msg: object) -> bool: ...
-
-    def receive(self, sender: PeerId, msg: object, now: float) -> None: ...
-
-    def handle_timer(self, now: float) -> None: ...
-
-    def next_deadline(self) -> float | None: ...
-
-    def messages_to_send(self) -> list[tuple[PeerId, object]]: ...
 
 
 class FederationDriver:
@@ -779,17 +753,13 @@ class FederationDriver:
         """Drain the machines' outputs; act on their events; move the timer."""
         while not self._halted:
             progressed = False
-            if (led := self._ledger) is not None:
-                for dest, lmsg in led.messages_to_send():
-                    progressed = True
-                    self._put(Out(dest, encode(lmsg), -1))
-            if (cu := self._catchup) is not None:
-                for o in cu.messages_to_send():
+            for side in (self._ledger, self._catchup):  # direct messages, no round
+                for o in side.messages_to_send() if side is not None else ():
                     progressed = True
                     self._put(Out(o.recipient, encode(o.message), -1))  # type: ignore[arg-type]
-                if (caught := cu.next_event()) is not None:
-                    self._on_caught_up(caught)
-                    continue
+            if self._catchup is not None and (caught := self._catchup.next_event()) is not None:
+                self._on_caught_up(caught)
+                continue
             if (rm := self._rm) is not None:
                 for o in rm.messages_to_send():
                     progressed = True

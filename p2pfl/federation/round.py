@@ -207,7 +207,6 @@ class RoundMachine:
         self._adversary = adversary
         self._public_key = public_key if public_key is not None else self._listed_key
         self._signed: dict[PeerId, bytes] = {}  # aggregator -> digest we endorsed for it
-        self._listed: dict[PeerId, bytes] | None = None
         self._state = RoundState.WAITING
         self._sub: GroupAggregation | None = None
         self._slots = {g.index: _Slot(g) for g in schedule.groups}
@@ -277,9 +276,7 @@ class RoundMachine:
     def _listed_key(self, peer: PeerId) -> bytes | None:
         if peer == self.me:
             return self.identity.public_key
-        if self._listed is None:
-            self._listed = {PeerId.from_public_key(k): k for k in self.federation.membership.members}
-        return self._listed.get(peer)
+        return self.federation.membership.public_key(peer)
 
     def context(self, group_index: int) -> bytes:
         """The 32-byte context binding a group's protocol to this round's inputs."""

@@ -242,6 +242,7 @@ class SecureAggregation:
         self._sketch_q: np.ndarray | None = None  # the signed vector we sketch
         self._map: tuple[bytes, SketchMap] | None = None
         self._ref_q: np.ndarray | None = None
+        self._ref_z: tuple[bytes, np.ndarray] | None = None
         self.reasons: dict[int, str] = {}  # excluded member -> why (aggregators)
         self.scores: dict[int, SketchScore | None] = {}
         if cfg.sketch is not None:
@@ -304,9 +305,12 @@ class SecureAggregation:
         return self.sketch_map(seed).apply(q)
 
     def _reference(self, seed: bytes) -> np.ndarray:
-        if self._ref_q is None:
-            return np.zeros(self.ctx.federation.detection.rows, dtype=np.int64)
-        return self.sketch_map(seed).apply(self._ref_q)
+        """z_ref = S · Q(reference), once per seed (our member and aggregator both use it)."""
+        if self._ref_z is None or self._ref_z[0] != seed:
+            z = (np.zeros(self.ctx.federation.detection.rows, dtype=np.int64)
+                 if self._ref_q is None else self.sketch_map(seed).apply(self._ref_q))
+            self._ref_z = (seed, z)
+        return self._ref_z[1]
 
     def norm_bound2(self, peer: PeerId) -> float:
         """The largest ||z||^2 allowed to ``peer``: the sketch of any update of L2 norm
@@ -502,9 +506,10 @@ class SecureAggregation:
         total = ev.total[: self.ctx.dim].view(np.int32).astype(np.int64)
         expected = self.sketch_map(seed).apply(total)
         got = np.asarray(ev.sketch_sum)
-        if got.shape != expected.shape or not all(
-                int(a) == int(b) for a, b in zip(got.tolist(), expected.tolist(), strict=True)):
-            bad = sum(int(a) != int(b) for a, b in zip(got.tolist(), expected.tolist(), strict=False))
+        if got.shape != expected.shape:
+            return "binding: the opened sketch sum has the wrong length"
+        bad = int(np.count_nonzero(got != expected))  # exact: int64 or Python ints
+        if bad:
             return (f"binding: the group sum does not match the sum of the sketches "
                     f"({bad} of {len(expected)} rows differ)")
         return None

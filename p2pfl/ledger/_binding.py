@@ -59,7 +59,7 @@ class RoundLedger:
         self._rng = rng
         self._neighbours = neighbours
         self._sync: LedgerSync | None = None
-        self._outbox: list[tuple[PeerId, object]] = []
+        self._outbox: list[Outgoing] = []
         self.errors = 0
 
     # -- what the driver reads ---------------------------------------------------
@@ -117,7 +117,7 @@ class RoundLedger:
         if isinstance(msg, LedgerRequest):
             if msg.federation != self.ledger.federation.id:
                 raise RemoteProtocolError("ledger request for another federation", peer=sender)
-            self._outbox.append((sender, answer_ledger_request(self.ledger, msg)))
+            self._outbox.append(Outgoing(sender, answer_ledger_request(self.ledger, msg)))
         elif isinstance(msg, LedgerResponse) and self._sync is not None:
             self._sync.receive(sender, msg, now)
             self._drain()
@@ -130,7 +130,7 @@ class RoundLedger:
     def next_deadline(self) -> float | None:
         return None if self._sync is None else self._sync.next_deadline()
 
-    def messages_to_send(self) -> list[tuple[PeerId, object]]:
+    def messages_to_send(self) -> list[Outgoing]:
         out, self._outbox = self._outbox, []
         return out
 
@@ -138,14 +138,9 @@ class RoundLedger:
         sync = self._sync
         if sync is None:
             return
-        for o in sync.messages_to_send():
-            self._outbox.append(_pair(o))
+        self._outbox.extend(sync.messages_to_send())
         ev = sync.next_event()
         if isinstance(ev, LedgerSynced):
             log.info("%s: ledger synced to height %d", self.me.short(), self.ledger.height)
             self._sync = None
 
-
-def _pair(o: Outgoing) -> tuple[PeerId, object]:
-    assert isinstance(o.recipient, PeerId)
-    return o.recipient, o.message

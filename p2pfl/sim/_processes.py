@@ -39,7 +39,6 @@ observe from outside is ``null``: ``virtual_s`` (time is real), ``bytes_sent_per
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -61,7 +60,7 @@ import trio
 
 from p2pfl.errors import LocalProtocolError
 from p2pfl.federation import Federation, GlobalState, federation_from_dict, load_checkpoint
-from p2pfl.identity import Identity, atomic_write
+from p2pfl.identity import Identity
 from p2pfl.learning.strategy import hash_vector
 from p2pfl.wire import PeerId
 
@@ -69,11 +68,11 @@ from ._config import SimConfig, build_federation, sim_identities
 from ._report import (
     Summary,
     _evaluator,
-    _plot_accuracy,
-    _plot_reputation,
     detection_stats,
     models_agree,
     progress_bar,
+    run_fields,
+    write_outputs,
 )
 
 __all__ = ["federation_toml", "run_process_simulation"]
@@ -486,47 +485,15 @@ def _summary(cfg: SimConfig, fed: Federation, tasks: list[Any], procs: list[_Pro
             "wall_s": None if t_wall is None else round(t_wall - prev_wall, 4),
         })
         prev_wall = t_wall if t_wall is not None else prev_wall
-    accuracy = [m["accuracy"] for m in metrics]
     final = standing.get(cfg.rounds - 1)  # the nodes ran on: their ledgers are longer
     lagging = [p for p in procs if p.stopped and p.round < cfg.rounds]
     with_records = [m for m in metrics if m["in_results"] is not None]
     data: dict[str, Any] = {
-        "peers": cfg.peers,
-        "rounds": cfg.rounds,
+        **run_fields(cfg, fed, metrics, initial, agree, bad_rounds, canonical),
         "transport": "tcp",
-        "secure": fed.secure,
-        "aggregation": "secure" if fed.secure else "plaintext",
-        "dataset": cfg.dataset if cfg.task is None else None,
-        "task": cfg.task or f"{cfg.dataset}-{cfg.model}",
-        "partition": cfg.partition,
-        "strategy": cfg.strategy,
-        "dropout": 0.0,
-        "seed": cfg.seed,
-        "cohort_size": fed.cohort.size,
-        "group_size": fed.cohort.group_size,
-        "federation_id": fed.id_hex,
-        "final_accuracy": accuracy[-1] if accuracy else None,
-        "initial_accuracy": initial.get("accuracy"),
-        "accuracy_by_round": accuracy,
-        "loss_by_round": [m["loss"] for m in metrics],
-        "models_agree": agree,
-        "disagreeing_rounds": [r for r in bad_rounds if r >= 0],
-        "rounds_completed": sum(h is not None for h in canonical[1:]),
-        "model_hash_by_round": canonical[1:],
-        "final_model_hash": canonical[-1],
         "models_loaded_by_round": [h is not None and h in seen.models for h in canonical[1:]],
         "rounds_replayed": replayed,
-        "dropouts_by_round": [[] for _ in metrics],
-        "dropped_by_round": [m["dropped"] for m in metrics],
-        "binding_failures_by_round": [m["binding_failures"] for m in metrics],
-        "aborted_groups_by_round": [m["groups_aborted"] for m in metrics],
-        "excluded_by_round": [m["excluded"] for m in metrics],
         "malicious": [],
-        "attack": None,
-        "malicious_fraction": 0.0,
-        "defense": cfg.defended,
-        "weighting": cfg.weighting,
-        "clip_norm": cfg.clip,
         "reputation": {} if final is None else {
             str(p): s for p, s in sorted(final.reputation().items())},
         "credits": {} if final is None else {
@@ -546,17 +513,6 @@ def _summary(cfg: SimConfig, fed: Federation, tasks: list[Any], procs: list[_Pro
     }
     h_final = canonical[-1]
     return Summary(data, metrics, seen.models.get(h_final) if h_final else None, fed)
-
-
-def _write_outputs(summary: Summary, out: Path) -> None:
-    """``summary.json``, ``metrics.jsonl``, ``accuracy.png`` and ``reputation.png``
-    (no ``bytes_per_peer.png``: the nodes do not report bytes)."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "summary.json", (json.dumps(summary.data, indent=2) + "\n").encode())
-    lines = "".join(json.dumps(m) + "\n" for m in summary.metrics)
-    atomic_write(out / "metrics.jsonl", lines.encode())
-    _plot_accuracy(summary, out / "accuracy.png")
-    _plot_reputation(summary, out / "reputation.png")
 
 
 # -- the run -------------------------------------------------------------------------
@@ -605,5 +561,5 @@ def run_process_simulation(cfg: SimConfig) -> Summary:
         wall = time.time() - t0
         summary = _summary(cfg, fed, tasks, procs, watch.seen, wall_s=wall, t0=t0)
     if cfg.out is not None:
-        _write_outputs(summary, cfg.out)
+        write_outputs(summary, cfg.out)
     return summary

@@ -79,6 +79,49 @@ class Observations:
         self.records.setdefault(ev.record.round, {}).setdefault(ev.record.model_hash.hex(), ev)
 
 
+def run_fields(cfg: SimConfig, fed: Federation, metrics: list[dict[str, Any]],
+               initial: dict[str, float], agree: bool, bad_rounds: list[int],
+               canonical: list[str | None]) -> dict[str, Any]:
+    """The ``summary.json`` keys every simulation writes, whatever ran it: the
+    configuration and the outcome derived from the per-round ``metrics`` and the
+    ``canonical`` model hash of each round (index 0: the initial model)."""
+    accuracy = [m["accuracy"] for m in metrics]
+    return {
+        "peers": cfg.peers,
+        "rounds": cfg.rounds,
+        "secure": fed.secure,
+        "aggregation": "secure" if fed.secure else "plaintext",
+        "dataset": cfg.dataset if cfg.task is None else None,
+        "task": cfg.task or f"{cfg.dataset}-{cfg.model}",
+        "partition": cfg.partition,
+        "strategy": cfg.strategy,
+        "dropout": cfg.dropout,
+        "seed": cfg.seed,
+        "cohort_size": fed.cohort.size,
+        "group_size": fed.cohort.group_size,
+        "federation_id": fed.id_hex,
+        "final_accuracy": accuracy[-1] if accuracy else None,
+        "initial_accuracy": initial.get("accuracy"),
+        "accuracy_by_round": accuracy,
+        "loss_by_round": [m["loss"] for m in metrics],
+        "models_agree": agree,
+        "disagreeing_rounds": [r for r in bad_rounds if r >= 0],
+        "rounds_completed": sum(h is not None for h in canonical[1:]),
+        "model_hash_by_round": canonical[1:],
+        "final_model_hash": canonical[-1],
+        "dropouts_by_round": [m["dropouts"] for m in metrics],
+        "dropped_by_round": [m["dropped"] for m in metrics],
+        "binding_failures_by_round": [m["binding_failures"] for m in metrics],
+        "aborted_groups_by_round": [m["groups_aborted"] for m in metrics],
+        "excluded_by_round": [m["excluded"] for m in metrics],
+        "attack": cfg.attack,
+        "malicious_fraction": cfg.malicious,
+        "defense": cfg.defended,
+        "weighting": cfg.weighting,
+        "clip_norm": cfg.clip,
+    }
+
+
 def detection_stats(metrics: list[dict[str, Any]], malicious: set[str]) -> dict[str, Any]:
     """Per-round detection over the peers that appear in accepted group results
     (included or excluded): detection rate = excluded malicious / malicious present,
@@ -194,45 +237,13 @@ def build_summary(cfg: SimConfig, fed: Federation, tasks: list[Any], obs: Observ
         })
         prev_wall = t_wall if t_wall is not None else prev_wall
     final_hash = canonical[-1]
-    accuracy = [m["accuracy"] for m in metrics]
     bytes_per_peer = {str(p): int(obs.bytes_sent.get(p, 0)) for p in obs.peers}
     data: dict[str, Any] = {
-        "peers": cfg.peers,
-        "rounds": cfg.rounds,
-        "secure": fed.secure,
-        "aggregation": "secure" if fed.secure else "plaintext",
-        "dataset": cfg.dataset if cfg.task is None else None,
-        "task": cfg.task or f"{cfg.dataset}-{cfg.model}",
-        "partition": cfg.partition,
-        "strategy": cfg.strategy,
-        "dropout": cfg.dropout,
-        "seed": cfg.seed,
-        "cohort_size": fed.cohort.size,
-        "group_size": fed.cohort.group_size,
-        "federation_id": fed.id_hex,
-        "final_accuracy": accuracy[-1] if accuracy else None,
-        "initial_accuracy": initial.get("accuracy"),
-        "accuracy_by_round": accuracy,
-        "loss_by_round": [m["loss"] for m in metrics],
-        "models_agree": agree,
-        "disagreeing_rounds": [r for r in bad_rounds if r >= 0],
-        "rounds_completed": sum(h is not None for h in canonical[1:]),
-        "model_hash_by_round": canonical[1:],
-        "final_model_hash": final_hash,
-        "dropouts_by_round": [m["dropouts"] for m in metrics],
-        "dropped_by_round": [m["dropped"] for m in metrics],
-        "binding_failures_by_round": [m["binding_failures"] for m in metrics],
-        "aborted_groups_by_round": [m["groups_aborted"] for m in metrics],
-        "excluded_by_round": [m["excluded"] for m in metrics],
-        "malicious": sorted(str(p) for p in obs.malicious),
-        "attack": cfg.attack,
-        "malicious_fraction": cfg.malicious,
-        "defense": cfg.defended,
-        "weighting": cfg.weighting,
-        "clip_norm": cfg.clip,
+        **run_fields(cfg, fed, metrics, initial, agree, bad_rounds, canonical),
         "reputation": obs.reputation,
         "credits": obs.credits,
         "detection": detection_stats(metrics, {str(p) for p in obs.malicious}),
+        "malicious": sorted(str(p) for p in obs.malicious),
         "syncs": obs.syncs,
         "offences": obs.offences,
         "lagging_peers": sorted(str(p) for p in obs.lagging),
@@ -254,7 +265,8 @@ def write_outputs(summary: Summary, out: Path) -> None:
     lines = "".join(json.dumps(m) + "\n" for m in summary.metrics)
     atomic_write(out / "metrics.jsonl", lines.encode())
     _plot_accuracy(summary, out / "accuracy.png")
-    _plot_bytes(summary, out / "bytes_per_peer.png")
+    if summary.data.get("bytes_sent_per_peer") is not None:  # not known for tcp runs
+        _plot_bytes(summary, out / "bytes_per_peer.png")
     _plot_reputation(summary, out / "reputation.png")
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -152,7 +152,3 @@ def poison_task(task: Any, classes: int | None = None) -> Any:
     c = int(y.max()) + 1 if classes is None else classes
     flipped = TensorData(task.train_data.x, (c - 1) - y)
     return dataclasses.replace(task, train_data=flipped)
-
-
-def malicious_names(ids: Sequence[Any], indices: Sequence[int]) -> list[str]:
-    return [str(ids[i]) for i in indices]

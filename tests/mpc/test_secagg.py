@@ -30,22 +30,10 @@ from mpc.secagg import (
     Stage,
     UnmaskShares,
 )
-from mpc.secagg.harness import Harness, build_group
+from mpc.secagg.harness import Harness, build_group, random_inputs, ring_sum
 
 CTX = b"fed-test/round-7/group-2"
 DROP_KINDS: list[type[Message]] = [SignedKeys, ShareKeys, MaskedInput, ConsistencySig, UnmaskShares]
-
-
-def _inputs(n: int, dim: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 2**32, dim, dtype=np.uint32) for _ in range(n)]
-
-
-def _sum(xs: list[np.ndarray], members: frozenset[int], dim: int) -> np.ndarray:
-    acc = np.zeros(dim, dtype=np.uint32)
-    for u in sorted(members):
-        acc += xs[u]
-    return acc
 
 
 def _no_errors(h: Harness) -> None:
@@ -81,7 +69,7 @@ def test_full_round_outputs_the_exact_sum(
     n: int, t: int, k: int | None, aggs: tuple[int, ...]
 ) -> None:
     cfg = GroupConfig(CTX, n=n, threshold=t, dim=257, k=k, aggregators=aggs)
-    xs = _inputs(n, 257, n)
+    xs = random_inputs(n, 257, n)
     h = build_group(cfg, xs)
     h.run()
     _no_errors(h)
@@ -89,7 +77,7 @@ def test_full_round_outputs_the_exact_sum(
     assert set(outs) == set(aggs)
     for o in outs.values():
         assert o.included == frozenset(range(n)) and not o.excluded and not o.dropped
-        assert np.array_equal(o.total, _sum(xs, o.included, 257))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, 257))
     for u, m in h.members.items():
         assert m.state is MemberState.DONE, u
     assert all(a.state is AggState.DONE for a in h.aggregators.values())
@@ -97,7 +85,7 @@ def test_full_round_outputs_the_exact_sum(
 
 def test_uploads_are_four_bytes_per_parameter() -> None:
     cfg = GroupConfig(CTX, n=4, threshold=2, dim=1000)
-    h = build_group(cfg, _inputs(4, 1000, 1))
+    h = build_group(cfg, random_inputs(4, 1000, 1))
     h.run()
     for d in h.sent(MaskedInput):
         assert d.msg.y.dtype == np.uint32 and d.msg.y.nbytes == 4 * 1000
@@ -105,32 +93,32 @@ def test_uploads_are_four_bytes_per_parameter() -> None:
 
 def test_dropout_after_masked_input_is_a_survivor() -> None:
     cfg = GroupConfig(CTX, n=6, threshold=3, dim=64)
-    xs = _inputs(6, 64, 2)
+    xs = random_inputs(6, 64, 2)
     h = build_group(cfg, xs, crash_after={4: MaskedInput})
     h.run()
     outs = h.outputs()
     assert set(outs) == {0, 1}
     for o in outs.values():
         assert 4 in o.survivors and 4 in o.included
-        assert np.array_equal(o.total, _sum(xs, o.included, 64))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, 64))
     assert h.reveals()[4]["b"] and not h.reveals()[4]["sk"]
 
 
 def test_dropout_before_masked_input_is_removed_by_its_mask_key() -> None:
     cfg = GroupConfig(CTX, n=6, threshold=3, dim=64, k=3)
-    xs = _inputs(6, 64, 3)
+    xs = random_inputs(6, 64, 3)
     h = build_group(cfg, xs, crash_before={5: MaskedInput})
     h.run()
     for o in h.outputs().values():
         assert 5 in o.dropped and 5 not in o.included
-        assert np.array_equal(o.total, _sum(xs, o.included, 64))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, 64))
     assert h.reveals()[5]["sk"] and not h.reveals()[5]["b"]
 
 
 @pytest.mark.parametrize("aggs", [(6, 7), (0, 1)])
 def test_member_crashing_between_its_two_uploads_is_forwarded(aggs: tuple[int, int]) -> None:
     cfg = GroupConfig(CTX, n=6, threshold=3, dim=32, aggregators=aggs)
-    xs = _inputs(6, 32, 12)
+    xs = random_inputs(6, 32, 12)
     h = build_group(cfg, xs, crash_mid={3: MaskedInput})
     h.run()
     got = {d.recipient for d in h.sent(MaskedInput) if d.sender == 3}
@@ -140,13 +128,13 @@ def test_member_crashing_between_its_two_uploads_is_forwarded(aggs: tuple[int, i
     assert set(outs) == set(aggs)
     for o in outs.values():
         assert 3 in o.included
-        assert np.array_equal(o.total, _sum(xs, o.included, 32))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, 32))
 
 
 def test_below_threshold_aborts_and_reveals_nothing() -> None:
     cfg = GroupConfig(CTX, n=6, threshold=4, dim=16, aggregators=(6, 7))
     h = build_group(
-        cfg, _inputs(6, 16, 4), crash_before={0: MaskedInput, 1: MaskedInput, 2: MaskedInput}
+        cfg, random_inputs(6, 16, 4), crash_before={0: MaskedInput, 1: MaskedInput, 2: MaskedInput}
     )
     h.run()
     assert not h.outputs()
@@ -159,7 +147,7 @@ def test_below_threshold_aborts_and_reveals_nothing() -> None:
 
 def test_late_unmask_dropouts_below_threshold_abort_without_both_shares() -> None:
     cfg = GroupConfig(CTX, n=5, threshold=4, dim=16, aggregators=(5, 6))
-    h = build_group(cfg, _inputs(5, 16, 5), crash_before={0: UnmaskShares, 1: UnmaskShares})
+    h = build_group(cfg, random_inputs(5, 16, 5), crash_before={0: UnmaskShares, 1: UnmaskShares})
     h.run()
     assert not h.outputs()
     _audit_never_both(h)
@@ -167,7 +155,7 @@ def test_late_unmask_dropouts_below_threshold_abort_without_both_shares() -> Non
 
 def test_input_given_later() -> None:
     cfg = GroupConfig(CTX, n=3, threshold=2, dim=8)
-    xs = _inputs(3, 8, 6)
+    xs = random_inputs(3, 8, 6)
     h = build_group(cfg, [xs[0], None, xs[2]])
     for _ in range(200):  # deliver until member 1 waits for its input
         if h.members[1].state is MemberState.INPUT:
@@ -177,22 +165,22 @@ def test_input_given_later() -> None:
     h.collect(1)
     h.run()
     for o in h.outputs().values():
-        assert np.array_equal(o.total, _sum(xs, frozenset(range(3)), 8))
+        assert np.array_equal(o.total, ring_sum(xs, frozenset(range(3)), 8))
 
 
 def test_missing_input_drops_the_member() -> None:
     cfg = GroupConfig(CTX, n=4, threshold=2, dim=8, aggregators=(4, 5))
-    xs = _inputs(4, 8, 7)
+    xs = random_inputs(4, 8, 7)
     h = build_group(cfg, [xs[0], xs[1], None, xs[3]])
     h.run()
     assert h.members[2].state is MemberState.ABORTED
     for o in h.outputs().values():
         assert o.included == frozenset({0, 1, 3})
-        assert np.array_equal(o.total, _sum(xs, o.included, 8))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, 8))
 
 
 def test_replica_silent_blocks_reveals_unless_quorum_allows() -> None:
-    xs = _inputs(5, 8, 8)
+    xs = random_inputs(5, 8, 8)
     cfg = GroupConfig(CTX, n=5, threshold=3, dim=8, aggregators=(5, 6))
     h = build_group(cfg, xs, crash_before={6: sa.Announce})
     h.run()
@@ -200,12 +188,12 @@ def test_replica_silent_blocks_reveals_unless_quorum_allows() -> None:
     cfg1 = GroupConfig(CTX, n=5, threshold=3, dim=8, aggregators=(5, 6), quorum=1)
     h = build_group(cfg1, xs, crash_before={6: sa.Announce})
     h.run()
-    assert np.array_equal(h.outputs()[5].total, _sum(xs, frozenset(range(5)), 8))
+    assert np.array_equal(h.outputs()[5].total, ring_sum(xs, frozenset(range(5)), 8))
 
 
 def test_primary_silent_members_abort_with_evidence() -> None:
     cfg = GroupConfig(CTX, n=4, threshold=2, dim=8, aggregators=(4, 5))
-    h = build_group(cfg, _inputs(4, 8, 9), crash_before={4: sa.ShareRelay})
+    h = build_group(cfg, random_inputs(4, 8, 9), crash_before={4: sa.ShareRelay})
     h.run()
     for u in range(4):
         assert h.members[u].state is MemberState.ABORTED
@@ -292,7 +280,7 @@ def test_public_names() -> None:
 
 def test_stage_events_in_order() -> None:
     cfg = GroupConfig(CTX, n=3, threshold=2, dim=4)
-    h = build_group(cfg, _inputs(3, 4, 10))
+    h = build_group(cfg, random_inputs(3, 4, 10))
     h.run()
     stages = [e.stage for e in h.events[("aggregator", 0)] if isinstance(e, sa.StageReached)]
     assert stages == [
@@ -348,7 +336,7 @@ def test_property_exact_sum_or_clean_abort(sc: dict[str, object]) -> None:
     crashes = sc["crashes"]
     assert isinstance(crashes, dict)
     cfg = GroupConfig(CTX, n=n, threshold=t, dim=dim, k=k, aggregators=aggs)  # type: ignore[arg-type]
-    xs = _inputs(n, dim, sc["seed"])  # type: ignore[arg-type]
+    xs = random_inputs(n, dim, sc["seed"])  # type: ignore[arg-type]
     modes = {
         m: {u: kind for u, (kind, mode) in crashes.items() if mode == m}
         for m in ("before", "mid", "after")
@@ -374,7 +362,7 @@ def test_property_exact_sum_or_clean_abort(sc: dict[str, object]) -> None:
     masked = _masked_at_primary(h)
     for o in outs.values():
         assert isinstance(o, OutputReady)
-        assert np.array_equal(o.total, _sum(xs, o.included, dim))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, dim))
         assert o.survivors == frozenset(masked) and o.included == o.survivors
         assert len(o.included) >= t
         assert all(u in o.included for u in range(n) if u not in crashes)
@@ -422,14 +410,14 @@ def _garbage_message() -> st.SearchStrategy[Message]:
 )
 def test_garbage_never_breaks_a_round(garbage: list[tuple[int, int, Message]], seed: int) -> None:
     cfg = GroupConfig(CTX, n=5, threshold=3, dim=16, aggregators=(0, 6))
-    xs = _inputs(5, 16, seed)
+    xs = random_inputs(5, 16, seed)
     h = build_group(cfg, xs, reorder=random.Random(seed), garbage=garbage, garbage_rate=0.3)
     h.run()
     _no_errors(h)
     outs = h.outputs()
     assert set(outs) == {0, 6}
     for o in outs.values():
-        assert np.array_equal(o.total, _sum(xs, frozenset(range(5)), 16))
+        assert np.array_equal(o.total, ring_sum(xs, frozenset(range(5)), 16))
 
 
 def test_every_message_kind_in_every_state_is_survived() -> None:
@@ -437,7 +425,7 @@ def test_every_message_kind_in_every_state_is_survived() -> None:
     from a party outside the group (messages of another run), and duplicate what was
     just delivered."""
     cfg = GroupConfig(CTX, n=4, threshold=2, dim=8, aggregators=(0, 4))
-    xs = _inputs(4, 8, 11)
+    xs = random_inputs(4, 8, 11)
     ref = build_group(cfg, xs, seed=b"ref")
     ref.run()
     foreign = list({type(d.msg): d.msg for d in ref.transcript}.values())
@@ -455,5 +443,5 @@ def test_every_message_kind_in_every_state_is_survived() -> None:
     outs = h.outputs()
     assert step > 10 and set(outs) == {0, 4}
     for o in outs.values():
-        assert np.array_equal(o.total, _sum(xs, frozenset(range(4)), 8))
+        assert np.array_equal(o.total, ring_sum(xs, frozenset(range(4)), 8))
     assert h.aggregators[0].evidence and h.members[1].evidence

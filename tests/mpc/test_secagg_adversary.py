@@ -34,21 +34,9 @@ from mpc.secagg import (
     SketchShares,
     UnmaskShares,
 )
-from mpc.secagg.harness import FakeIdentities, Harness, build_group
+from mpc.secagg.harness import FakeIdentities, Harness, build_group, random_inputs, ring_sum
 
 CTX = b"fed-test/round-9/group-0"
-
-
-def _inputs(n: int, dim: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 2**32, dim, dtype=np.uint32) for _ in range(n)]
-
-
-def _sum(xs: list[np.ndarray], members: frozenset[int], dim: int) -> np.ndarray:
-    acc = np.zeros(dim, dtype=np.uint32)
-    for u in sorted(members):
-        acc += xs[u]
-    return acc
 
 
 def _audit_never_both(h: Harness) -> None:
@@ -74,7 +62,7 @@ def test_equivocating_primary_is_named_and_nothing_is_revealed() -> None:
     n = 7
     cfg = GroupConfig(CTX, n=n, threshold=4, dim=32, aggregators=(7, 8))
     ids = FakeIdentities(b"eq")
-    h = build_group(cfg, _inputs(n, 32, 1), ids=ids, tamper=_equivocate(ids, 7, {0, 1, 2}, 6))
+    h = build_group(cfg, random_inputs(n, 32, 1), ids=ids, tamper=_equivocate(ids, 7, {0, 1, 2}, 6))
     h.run()
     assert not h.outputs()
     assert not h.sent(UnmaskShares)
@@ -102,7 +90,7 @@ def test_equivocating_single_aggregator_cannot_get_both_shares() -> None:
     n = 7
     cfg = GroupConfig(CTX, n=n, threshold=4, dim=32, aggregators=(7,))
     ids = FakeIdentities(b"eq1")
-    xs = _inputs(n, 32, 2)
+    xs = random_inputs(n, 32, 2)
     lie = _equivocate(ids, 7, {0, 1, 2}, 6)
 
     def tamper(sender: int, to: int, msg: Message) -> Message | None:
@@ -120,14 +108,14 @@ def test_equivocating_single_aggregator_cannot_get_both_shares() -> None:
         assert not [d for d in h.sent(UnmaskShares) if d.sender == u]
         assert any(e.accused == 7 for e in m.evidence)
     out = h.outputs()[7]  # the majority's view completes
-    assert np.array_equal(out.total, _sum(xs, out.included, 32))
+    assert np.array_equal(out.total, ring_sum(xs, out.included, 32))
 
 
 @pytest.mark.parametrize("kind", ["b", "sk"])
 def test_member_revealing_a_bad_share_is_named_and_corrected(kind: str) -> None:
     n, liar = 8, 2
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=32, aggregators=(8, 9))
-    xs = _inputs(n, 32, 3)
+    xs = random_inputs(n, 32, 3)
 
     def tamper(sender: int, to: int, msg: Message) -> Message | None:
         if sender == liar and isinstance(msg, UnmaskShares):
@@ -143,7 +131,7 @@ def test_member_revealing_a_bad_share_is_named_and_corrected(kind: str) -> None:
     outs = h.outputs()
     assert set(outs) == {8, 9}
     for p, o in outs.items():
-        assert np.array_equal(o.total, _sum(xs, o.included, 32))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, 32))
         bad = [e for e in h.aggregators[p].evidence if e.kind is EvidenceKind.INCONSISTENT_SHARE]
         assert bad and {e.accused for e in bad} == {liar}
 
@@ -157,7 +145,7 @@ def test_bad_share_without_redundancy_aborts() -> None:
             return replace(msg, b_shares=((owner, (s + 1) % BIG_PRIME), *rest))
         return msg
 
-    h = build_group(cfg, _inputs(4, 8, 4), tamper=tamper)
+    h = build_group(cfg, random_inputs(4, 8, 4), tamper=tamper)
     h.run()
     assert not h.outputs()
     for a in h.aggregators.values():
@@ -167,7 +155,7 @@ def test_bad_share_without_redundancy_aborts() -> None:
 def test_dealer_sending_a_bad_ciphertext_is_named_and_round_completes() -> None:
     n, dealer, victim = 6, 2, 4
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=16, aggregators=(6, 7))
-    xs = _inputs(n, 16, 5)
+    xs = random_inputs(n, 16, 5)
 
     def tamper(sender: int, to: int, msg: Message) -> Message | None:
         if sender == dealer and isinstance(msg, ShareKeys):
@@ -182,7 +170,7 @@ def test_dealer_sending_a_bad_ciphertext_is_named_and_round_completes() -> None:
     h.run()
     for o in h.outputs().values():
         assert o.included == frozenset(range(n))
-        assert np.array_equal(o.total, _sum(xs, o.included, 16))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, 16))
     ev = h.members[victim].evidence
     assert any(e.kind is EvidenceKind.DECRYPTION_FAILED and e.accused == dealer for e in ev)
 
@@ -195,7 +183,7 @@ def test_forged_sig_bundle_entries_are_blamed_on_the_relay() -> None:
             return SigBundle(tuple((w, b"x" * 32) for w, _ in msg.signatures))
         return msg
 
-    h = build_group(cfg, _inputs(5, 8, 6), tamper=tamper)
+    h = build_group(cfg, random_inputs(5, 8, 6), tamper=tamper)
     h.run()
     m = h.members[0]
     assert m.state is MemberState.ABORTED
@@ -209,7 +197,7 @@ def test_forged_sig_bundle_entries_are_blamed_on_the_relay() -> None:
 def test_exclusion_behaves_exactly_like_a_dropout() -> None:
     n, dim, victim = 6, 24, 2
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=dim, k=3, aggregators=(6, 7))
-    xs = _inputs(n, dim, 7)
+    xs = random_inputs(n, dim, 7)
     h = build_group(cfg, xs, decide_exclusions=lambda scores, seed: {victim})
     h.run()
     dropped = build_group(cfg, xs, crash_before={victim: MaskedInput})
@@ -220,7 +208,7 @@ def test_exclusion_behaves_exactly_like_a_dropout() -> None:
         assert outs[p].excluded == frozenset({victim}) and victim in outs[p].survivors
         assert outs[p].included == douts[p].included == frozenset(range(n)) - {victim}
         assert np.array_equal(outs[p].total, douts[p].total)
-        assert np.array_equal(outs[p].total, _sum(xs, outs[p].included, dim))
+        assert np.array_equal(outs[p].total, ring_sum(xs, outs[p].included, dim))
     for hh in (h, dropped):  # the same kind of share is revealed for the victim
         r = hh.reveals()[victim]
         assert r["sk"] and not r["b"]
@@ -250,7 +238,7 @@ def test_member_never_reveals_both_shares_of_a_peer() -> None:
     refuses to reveal its b-share: it stops with a ProtocolError and sends nothing."""
     n = 5
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=8, aggregators=(5, 6))
-    xs = _inputs(n, 8, 8)
+    xs = random_inputs(n, 8, 8)
     h = build_group(cfg, xs)
     while h.members[1].state is not MemberState.CONSISTENCY:
         assert h.step()
@@ -260,7 +248,7 @@ def test_member_never_reveals_both_shares_of_a_peer() -> None:
     assert any(isinstance(e, ProtocolError) for e in h.events[("member", 1)])
     assert not [d for d in h.sent(UnmaskShares) if d.sender == 1]
     for o in h.outputs().values():  # the others still complete the round
-        assert np.array_equal(o.total, _sum(xs, o.included, 8))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, 8))
 
 
 # ---------------------------------------------------------------- sketches
@@ -270,7 +258,7 @@ def test_sketch_scores_exclusion_and_binding_sum() -> None:
     n, rows, dim = 7, 16, 12
     sk = SketchConfig(rows=rows, threshold=2, with_reference=True)
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=dim, aggregators=(7, 8), sketch=sk)
-    xs = _inputs(n, dim, 9)
+    xs = random_inputs(n, dim, 9)
     seeds: list[bytes] = []
 
     def sketch_of(u: int):  # type: ignore[no-untyped-def]
@@ -305,7 +293,7 @@ def test_sketch_scores_exclusion_and_binding_sum() -> None:
     assert set(outs) == {7, 8}
     for o in outs.values():
         assert o.excluded == frozenset({4})
-        assert np.array_equal(o.total, _sum(xs, o.included, dim))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, dim))
         for u, z in zs.items():
             assert o.scores[u] == SketchScore(int(z @ z), int(z @ ref))
         assert o.scores[5] is None  # crashed before sharing its sketch
@@ -320,7 +308,7 @@ def test_sketch_sum_opens_when_every_included_member_shared() -> None:
     n, rows, dim = 5, 8, 6
     sk = SketchConfig(rows=rows, threshold=2)
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=dim, aggregators=(5, 6), sketch=sk)
-    xs = _inputs(n, dim, 10)
+    xs = random_inputs(n, dim, 10)
     zs = {u: np.arange(rows, dtype=np.int64) * (u - 2) for u in range(n)}
     h = build_group(
         cfg,
@@ -338,7 +326,7 @@ def test_sketch_sum_opens_when_every_included_member_shared() -> None:
 def test_aborted_events_carry_evidence() -> None:
     cfg = GroupConfig(CTX, n=7, threshold=4, dim=8, aggregators=(7, 8))
     ids = FakeIdentities(b"ev")
-    h = build_group(cfg, _inputs(7, 8, 11), ids=ids, tamper=_equivocate(ids, 7, {0}, 6))
+    h = build_group(cfg, random_inputs(7, 8, 11), ids=ids, tamper=_equivocate(ids, 7, {0}, 6))
     h.run()
     aborted = [e for e in h.events[("aggregator", 8)] if isinstance(e, Aborted)]
     assert aborted and aborted[0].evidence and aborted[0].evidence[0].accused == 7
@@ -361,7 +349,7 @@ def test_property_sketch_stage(n: int, exclude: set[int], crashes: dict, seed: i
     rows, dim = 6, 10
     sk = SketchConfig(rows=rows, threshold=2, with_reference=True)
     cfg = GroupConfig(CTX, n=n, threshold=2, dim=dim, aggregators=(n, n + 1), sketch=sk)
-    xs = _inputs(n, dim, seed)
+    xs = random_inputs(n, dim, seed)
     zs = {u: (np.arange(rows, dtype=np.int64) - u) * (u + 1) for u in range(n)}
     ref = np.ones(rows, dtype=np.int64)
     crashes = {u: c for u, c in crashes.items() if u < n}
@@ -387,7 +375,7 @@ def test_property_sketch_stage(n: int, exclude: set[int], crashes: dict, seed: i
         assert set(outs) == {n, n + 1}
     for o in outs.values():
         assert o.excluded == frozenset(exclude) & o.survivors
-        assert np.array_equal(o.total, _sum(xs, o.included, dim))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, dim))
         for u, s in o.scores.items():
             if s is not None:
                 assert s == SketchScore(int(zs[u] @ zs[u]), int(zs[u] @ ref))

@@ -42,22 +42,10 @@ from mpc.secagg import (
     UnmaskShares,
 )
 from mpc.secagg import _crypto as cx
-from mpc.secagg.harness import FakeIdentities, Harness, build_group
+from mpc.secagg.harness import FakeIdentities, Harness, build_group, random_inputs, ring_sum
 from mpc.sketch import SketchMap
 
 CTX = b"fed-test/round-4/group-5"
-
-
-def _inputs(n: int, dim: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, 2**32, dim, dtype=np.uint32) for _ in range(n)]
-
-
-def _sum(xs: list[np.ndarray], members: frozenset[int], dim: int) -> np.ndarray:
-    acc = np.zeros(dim, dtype=np.uint32)
-    for u in sorted(members):
-        acc += xs[u]
-    return acc
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> int:
@@ -121,7 +109,7 @@ def test_scores_are_exact_integers_with_enough_primes(primes: int) -> None:
         hook_calls.append((dict(scores), seed))
         return set()
 
-    xs = _inputs(n, dim, 2)
+    xs = random_inputs(n, dim, 2)
     h = build_group(cfg, xs, sketches=[(lambda s, u=u: zs[u]) for u in range(n)],
                     reference=reference, decide_exclusions=hook)
     h.run()
@@ -137,7 +125,7 @@ def test_scores_are_exact_integers_with_enough_primes(primes: int) -> None:
     for p, o in outs.items():
         assert o.sketch_seed == seed == h.aggregators[p].sketch_seed
         assert all(h.members[u].sketch_seed == seed for u in range(n))
-        assert np.array_equal(o.total, _sum(xs, o.included, dim))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, dim))
         assert all(s is not None for s in o.scores.values())
         assert all(set(s.pairs) == set(range(n)) - {u} for u, s in o.scores.items() if s)
         _check_scores(o, zs, ref, sk)
@@ -269,7 +257,7 @@ def test_property_sketch_stage_with_primes_and_pairs(  # type: ignore[type-arg]
     sk = SketchConfig(rows=rows, threshold=2, with_reference=with_ref, primes=primes,
                       pairwise=pairwise)
     cfg = GroupConfig(CTX, n=n, threshold=2, dim=dim, aggregators=(n, n + 1), sketch=sk)
-    xs = _inputs(n, dim, seed)
+    xs = random_inputs(n, dim, seed)
     zs = _big_sketches(n, rows, bits, seed)
     ref = np.arange(rows, dtype=np.int64) * 2**30 - 2**31 if with_ref else None
     crashes = {u: c for u, c in crashes.items() if u < n}
@@ -299,7 +287,7 @@ def test_property_sketch_stage_with_primes_and_pairs(  # type: ignore[type-arg]
                 assert all(len(s.pairs) == n - 1 for s in o.scores.values() if s)
     for o in outs.values():
         assert o.excluded == frozenset(exclude) & o.survivors
-        assert np.array_equal(o.total, _sum(xs, o.included, dim))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, dim))
         _check_scores(o, zs, ref, sk)
         if not pairwise:
             assert all(not s.pairs for s in o.scores.values() if s)
@@ -322,7 +310,7 @@ def _scored_group(tamper, n: int = 7, primes: int = 2, ids: FakeIdentities | Non
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=dim, aggregators=(n, n + 1), sketch=sk)
     zs = _big_sketches(n, rows, 35, 9)
     ref = np.arange(rows, dtype=np.int64) - 2
-    xs = _inputs(n, dim, 9)
+    xs = random_inputs(n, dim, 9)
     h = build_group(cfg, xs, ids=ids, sketches=[(lambda s, u=u: zs[u]) for u in range(n)],
                     reference=ref, tamper=tamper)
     h.run()
@@ -399,7 +387,7 @@ def test_wrong_length_sketch_ciphertexts_are_refused_by_the_aggregator() -> None
         assert o.scores[liar] is None
         assert all(liar not in s.pairs for s in o.scores.values() if s)
         assert o.sketch_sum is None  # an included member shared no sketch
-        assert np.array_equal(o.total, _sum(xs, o.included, 8))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, 8))
 
 
 def test_authentic_but_malformed_sketch_payload_is_evidence_against_its_owner() -> None:
@@ -424,7 +412,7 @@ def test_authentic_but_malformed_sketch_payload_is_evidence_against_its_owner() 
     sk = SketchConfig(rows=rows, threshold=2, primes=2, pairwise=True)
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=8, aggregators=(n, n + 1), sketch=sk)
     zs = _big_sketches(n, rows, 20, 3)
-    h = build_group(cfg, _inputs(n, 8, 3), sketches=[(lambda s, u=u: zs[u]) for u in range(n)],
+    h = build_group(cfg, random_inputs(n, 8, 3), sketches=[(lambda s, u=u: zs[u]) for u in range(n)],
                     tamper=tamper)
     box["h"] = h
     h.run()
@@ -508,7 +496,7 @@ def test_bad_sketch_or_reference_functions_stop_only_that_member() -> None:
             return lambda s: np.zeros(rows + 1, dtype=np.int64)  # wrong shape
         return lambda s: np.arange(rows, dtype=np.int64) * u
 
-    h = build_group(cfg, _inputs(n, 4, 5), sketches=[sketch(u) for u in range(n)],
+    h = build_group(cfg, random_inputs(n, 4, 5), sketches=[sketch(u) for u in range(n)],
                     reference=lambda s: np.ones(rows, dtype=np.int64))
     h.run()
     for u in (1, 2):
@@ -518,7 +506,7 @@ def test_bad_sketch_or_reference_functions_stop_only_that_member() -> None:
     for o in outs.values():
         assert o.scores[1] is None and o.scores[2] is None
         assert o.scores[3] == SketchScore(9 * 14, 18)
-    h = build_group(cfg, _inputs(n, 4, 5), sketches=[sketch(u + 3) for u in range(n)],
+    h = build_group(cfg, random_inputs(n, 4, 5), sketches=[sketch(u + 3) for u in range(n)],
                     reference=lambda s: 1 / 0)
     h.run()
     assert all(m.state is MemberState.ERROR for m in h.members.values())
@@ -528,7 +516,7 @@ def test_bad_sketch_or_reference_functions_stop_only_that_member() -> None:
 def test_hook_gets_none_seed_without_a_sketch_stage() -> None:
     seen: list[object] = []
     cfg = GroupConfig(CTX, n=4, threshold=2, dim=4, aggregators=(0, 1))
-    h = build_group(cfg, _inputs(4, 4, 1),
+    h = build_group(cfg, random_inputs(4, 4, 1),
                     decide_exclusions=lambda s, seed: seen.append(seed) or set())
     h.run()
     assert seen == [None, None]
@@ -558,7 +546,7 @@ def test_pair_masks_are_the_sum_of_both_endpoints_zero_sharings() -> None:
     sk = SketchConfig(rows=rows, threshold=t, primes=2, pairwise=True)
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=8, aggregators=(n, n + 1), sketch=sk)
     zs = _big_sketches(n, rows, 30, 6)
-    h = build_group(cfg, _inputs(n, 8, 6), sketches=[(lambda s, u=u: zs[u]) for u in range(n)])
+    h = build_group(cfg, random_inputs(n, 8, 6), sketches=[(lambda s, u=u: zs[u]) for u in range(n)])
     snap = SketchSnapshot(h)
     h.on_flush = snap
     h.run()
@@ -599,7 +587,7 @@ def test_t_minus_1_validators_and_the_aggregators_cannot_rebuild_a_sketch() -> N
     sk = SketchConfig(rows=rows, threshold=t, primes=3, pairwise=True, with_reference=True)
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=8, aggregators=(n, n + 1), sketch=sk)
     zs = _big_sketches(n, rows, 40, 8)
-    h = build_group(cfg, _inputs(n, 8, 8), sketches=[(lambda s, u=u: zs[u]) for u in range(n)],
+    h = build_group(cfg, random_inputs(n, 8, 8), sketches=[(lambda s, u=u: zs[u]) for u in range(n)],
                     reference=np.ones(rows, dtype=np.int64))
     snap = SketchSnapshot(h)
     h.on_flush = snap
@@ -637,7 +625,7 @@ def test_excluded_member_never_has_its_b_revealed_under_reordering() -> None:
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=8, aggregators=(0, n), sketch=sk)
     zs = _big_sketches(n, rows, 25, 2)  # norms ~ 2**52 < capacity ~ 2**61
     zs[4] = zs[4] * 8  # the largest norm
-    xs = _inputs(n, 8, 2)
+    xs = random_inputs(n, 8, 2)
 
     def hook(scores, seed):  # type: ignore[no-untyped-def]
         top = max((s.norm, u) for u, s in scores.items() if s is not None)
@@ -653,7 +641,7 @@ def test_excluded_member_never_has_its_b_revealed_under_reordering() -> None:
         assert set(outs) == {0, n}
         for o in outs.values():
             assert o.excluded == frozenset({4})
-            assert np.array_equal(o.total, _sum(xs, o.included, 8))
+            assert np.array_equal(o.total, ring_sum(xs, o.included, 8))
             assert o.sketch_sum is not None
             assert o.sketch_sum.tolist() == [sum(int(zs[u][j]) for u in o.included)
                                              for j in range(rows)]
@@ -703,12 +691,12 @@ def test_garbage_sketch_messages_never_break_a_scored_round(  # type: ignore[typ
     cfg = GroupConfig(CTX, n=n, threshold=3, dim=4, aggregators=(0, n), sketch=sk)
     zs = _big_sketches(n, rows, 30, seed)
     ref = np.arange(rows, dtype=np.int64)
-    xs = _inputs(n, 4, seed)
+    xs = random_inputs(n, 4, seed)
     h = build_group(cfg, xs, sketches=[(lambda s, u=u: zs[u]) for u in range(n)], reference=ref,
                     reorder=random.Random(seed), garbage=garbage, garbage_rate=0.3)
     h.run()
     _no_errors(h)
     _never_both(h)
     for o in h.outputs().values():
-        assert np.array_equal(o.total, _sum(xs, o.included, 4))
+        assert np.array_equal(o.total, ring_sum(xs, o.included, 4))
         _check_scores(o, zs, ref, sk)

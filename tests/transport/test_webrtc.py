@@ -23,7 +23,6 @@ from p2pfl.transport._handshake import FailureReason, HandshakeError, network_ta
 from p2pfl.transport._webrtc_bridge import (
     INITIAL_WINDOW,
     ChannelStream,
-    live_peer_connections,
 )
 from p2pfl.transport.testing import LINK_CHECKS, LinkPair, check_link, open_link_pair
 from p2pfl.transport.webrtc import (
@@ -59,14 +58,8 @@ def _webrtc(identity: Identity, signaling: Signaling, network: bytes = NETWORK_I
 
 
 @pytest.fixture(autouse=True)
-async def no_leaked_peer_connections() -> AsyncIterator[None]:
-    """Every test must close every peer connection it opened."""
-    before = live_peer_connections()
-    yield
-    with trio.move_on_after(3):
-        while live_peer_connections() > before:
-            await trio.sleep(0.01)
-    assert live_peer_connections() == before, "peer connections left open"
+def _every_test_closes_its_connections(no_leaked_peer_connections: None) -> None:
+    """Every test must close every peer connection it opened (tests/transport/conftest.py)."""
 
 
 @asynccontextmanager

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
 import pytest
@@ -157,19 +156,6 @@ def _rng(seed: int) -> random.Random:
 
 
 # -- real aiortc over loopback -----------------------------------------------------------
-
-
-@pytest.fixture
-async def no_leaked_peer_connections() -> AsyncIterator[None]:
-    pytest.importorskip("aiortc")
-    from p2pfl.transport._webrtc_bridge import live_peer_connections
-
-    before = live_peer_connections()
-    yield
-    with trio.move_on_after(3):
-        while live_peer_connections() > before:
-            await trio.sleep(0.01)
-    assert live_peer_connections() == before, "peer connections left open"
 
 
 @pytest.mark.usefixtures("no_leaked_peer_connections")
