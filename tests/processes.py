@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -84,3 +85,12 @@ def read_status(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return doc
+
+
+def start_node(config: Path, cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``p2pfl node --config CONFIG`` in ``cwd`` (one torch thread), output appended to
+    ``log``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    out = log.open("ab")
+    return subprocess.Popen([sys.executable, "-m", "p2pfl", "node", "--config", str(config)],
+                            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)

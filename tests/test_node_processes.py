@@ -5,11 +5,9 @@ others' within two rounds) with its key file and checkpoint intact."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +17,7 @@ import pytest
 from p2pfl.federation import load_checkpoint, load_federation
 from p2pfl.identity import Identity
 from p2pfl.peer import checkpoint_path
-from tests.processes import cli, federation_toml, free_ports, read_status
+from tests.processes import cli, federation_toml, free_ports, read_status, start_node
 
 N = 5
 VICTIM = 3
@@ -66,13 +64,9 @@ def test_kill_and_restart_a_node_process(tmp_path: Path) -> None:
         configs.append(cfg)
         statuses.append(tmp_path / f"status{i}.json")
     key_bytes = keys[VICTIM].read_bytes()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def start(i: int) -> subprocess.Popen[bytes]:
-        log = (tmp_path / f"p{i}.log").open("ab")
-        return subprocess.Popen(
-            [sys.executable, "-m", "p2pfl", "node", "--config", str(configs[i])],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        return start_node(configs[i], tmp_path, tmp_path / f"p{i}.log")
 
     def rnd(i: int) -> int:
         s = read_status(statuses[i])

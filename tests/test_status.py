@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import stat
@@ -43,7 +42,7 @@ from p2pfl.control import (
 )
 from p2pfl.errors import ConfigError, RemoteProtocolError
 from p2pfl.identity import Identity
-from tests.processes import cli, federation_toml, free_ports
+from tests.processes import cli, federation_toml, free_ports, start_node
 
 
 def _ops(calls: list[Mapping[str, Any]] | None = None) -> dict[str, Operation]:
@@ -309,17 +308,13 @@ def test_four_node_processes_agree_as_seen_through_p2pfl_status(tmp_path: Path) 
         )
         configs.append(cfg)
     sockets = [tmp_path / f"state{i}" / "control.sock" for i in range(N)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     rc, _, err = _status(configs[0])
     assert rc == 1 and "no node is listening" in err  # nothing running yet
 
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for i in range(N):
-            log = (tmp_path / f"p{i}.log").open("ab")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "p2pfl", "node", "--config", str(configs[i])],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path))
+            procs.append(start_node(configs[i], tmp_path, tmp_path / f"p{i}.log"))
         docs: list[dict[str, Any] | None] = [None] * N
         seen: list[dict[str, str]] = [{} for _ in range(N)]  # round -> hash, every reply
         polls = 0

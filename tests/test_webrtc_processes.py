@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from p2pfl.identity import Identity
-from tests.processes import federation_toml, free_ports, read_status
+from tests.processes import federation_toml, free_ports, read_status, start_node
 
 pytest.importorskip("aiortc")
 
@@ -107,13 +106,9 @@ def test_unreachable_nodes_take_part_through_webrtc(tmp_path: Path) -> None:
         )
         configs.append(cfg)
         statuses.append(tmp_path / f"status{i}.json")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     def start(i: int) -> subprocess.Popen[bytes]:
-        log = (tmp_path / f"p{i}.log").open("ab")
-        return subprocess.Popen(
-            [sys.executable, "-m", "p2pfl", "node", "--config", str(configs[i])],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+        return start_node(configs[i], tmp_path, tmp_path / f"p{i}.log")
 
     def hist(i: int) -> dict[int, str]:
         s = read_status(statuses[i])
