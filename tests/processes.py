@@ -7,7 +7,8 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,33 @@ def start_node(config: Path, cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     return subprocess.Popen([sys.executable, "-m", "p2pfl", "node", "--config", str(config)],
                             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+
+
+def log_tails(logs: Iterable[Path], lines: int = 25) -> str:
+    """The last ``lines`` lines of each node log (without aioice's chatter), for a
+    failure message: a process test that times out says what the nodes were doing."""
+    out = []
+    for path in logs:
+        try:
+            text = path.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        kept = [ln[:300] for ln in text if "aioice" not in ln][-lines:]
+        out.append(f"--- {path.name}\n" + "\n".join(kept))
+    return "\n".join(out)
+
+
+def wait_for(what: str, cond: Callable[[], bool], until: float,
+             procs: list[subprocess.Popen[bytes]], alive: Iterable[int] | None = None,
+             every: Callable[[], None] = lambda: None, logs: Iterable[Path] = ()) -> None:
+    """Poll ``cond`` every 0.2 s until ``until`` (monotonic); fail when one of the
+    ``alive`` processes (default: all) exits first, with the tails of ``logs``."""
+    while not cond():
+        every()
+        for i in (range(len(procs)) if alive is None else alive):
+            if procs[i].poll() is not None:
+                raise AssertionError(f"node {i} exited with {procs[i].returncode} while waiting "
+                                     f"for {what}\n{log_tails(logs)}")
+        if time.monotonic() > until:
+            raise AssertionError(f"timed out waiting for {what}\n{log_tails(logs)}")
+        time.sleep(0.2)

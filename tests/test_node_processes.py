@@ -9,7 +9,6 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from p2pfl.federation import load_checkpoint, load_federation
 from p2pfl.identity import Identity
 from p2pfl.peer import checkpoint_path
-from tests.processes import cli, federation_toml, free_ports, read_status, start_node
+from tests.processes import cli, federation_toml, free_ports, read_status, start_node, wait_for
 
 N = 5
 VICTIM = 3
@@ -25,16 +24,6 @@ DEADLINE = 110.0  # the whole test, seconds
 
 
 
-def _wait(what: str, cond: Callable[[], bool], until: float, procs: list[subprocess.Popen[bytes]],
-          alive: set[int]) -> None:
-    while not cond():
-        for i in alive:
-            if procs[i].poll() is not None:
-                raise AssertionError(f"node {i} exited with {procs[i].returncode} while waiting "
-                                     f"for {what}")
-        if time.monotonic() > until:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.mark.slow
@@ -65,8 +54,10 @@ def test_kill_and_restart_a_node_process(tmp_path: Path) -> None:
         statuses.append(tmp_path / f"status{i}.json")
     key_bytes = keys[VICTIM].read_bytes()
 
+    logs = [tmp_path / f"p{i}.log" for i in range(N)]
+
     def start(i: int) -> subprocess.Popen[bytes]:
-        return start_node(configs[i], tmp_path, tmp_path / f"p{i}.log")
+        return start_node(configs[i], tmp_path, logs[i])
 
     def rnd(i: int) -> int:
         s = read_status(statuses[i])
@@ -80,10 +71,12 @@ def test_kill_and_restart_a_node_process(tmp_path: Path) -> None:
     try:
         procs = [start(i) for i in range(N)]
         alive = set(range(N))
-        _wait("round 2 everywhere", lambda: all(rnd(i) >= 2 for i in range(N)), until, procs, alive)
+        wait_for("round 2 everywhere", lambda: all(rnd(i) >= 2 for i in range(N)),
+                 until, procs, alive, logs=logs)
         # mid-round: just after the victim started a new round (training or aggregating)
         r_kill = rnd(VICTIM)
-        _wait("the next round", lambda: rnd(VICTIM) > r_kill, until, procs, alive)
+        wait_for("the next round", lambda: rnd(VICTIM) > r_kill,
+                 until, procs, alive, logs=logs)
         time.sleep(0.3)
         r_kill = rnd(VICTIM)  # the round it was running (status: rounds completed)
         procs[VICTIM].send_signal(signal.SIGKILL)
@@ -91,8 +84,8 @@ def test_kill_and_restart_a_node_process(tmp_path: Path) -> None:
         alive.discard(VICTIM)
         others = sorted(alive)
         r_dead = max(rnd(i) for i in others)
-        _wait("two rounds without the victim", lambda: min(rnd(i) for i in others) >= r_dead + 2,
-              until, procs, alive)
+        wait_for("two rounds without the victim",
+                 lambda: min(rnd(i) for i in others) >= r_dead + 2, until, procs, alive, logs=logs)
 
         assert keys[VICTIM].read_bytes() == key_bytes
         assert stat.S_IMODE(keys[VICTIM].stat().st_mode) == 0o600
@@ -102,7 +95,8 @@ def test_kill_and_restart_a_node_process(tmp_path: Path) -> None:
         statuses[VICTIM].unlink()
         procs[VICTIM] = start(VICTIM)
         alive.add(VICTIM)
-        _wait("the restarted node's first status", lambda: rnd(VICTIM) >= 0, until, procs, alive)
+        wait_for("the restarted node's first status", lambda: rnd(VICTIM) >= 0,
+                 until, procs, alive, logs=logs)
         r_back = max(rnd(i) for i in others)
         resumed = min(hist(VICTIM))
         assert resumed >= saved.round  # resumed from its checkpoint, not from round 0
@@ -114,7 +108,8 @@ def test_kill_and_restart_a_node_process(tmp_path: Path) -> None:
                     if r > resumed and r >= r_back and all(t.get(r) == h for t in theirs)]
             return min(same) if same else None
 
-        _wait("the restarted node to agree", lambda: agreed() is not None, until, procs, alive)
+        wait_for("the restarted node to agree", lambda: agreed() is not None,
+                 until, procs, alive, logs=logs)
         r_match = agreed()
         assert r_match is not None
         r_now = max(rnd(i) for i in others)

@@ -16,13 +16,13 @@ import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 from p2pfl.identity import Identity
-from tests.processes import federation_toml, free_ports, read_status, start_node
+from tests.processes import federation_toml, free_ports, read_status, start_node, wait_for
 
 pytest.importorskip("aiortc")
 
@@ -67,16 +67,6 @@ def _sockets(pid: int) -> tuple[int, int]:
     return listening, udp
 
 
-def _wait(what: str, cond: Callable[[], bool], until: float, procs: list[subprocess.Popen[bytes]],
-          every: Callable[[], None] = lambda: None) -> None:
-    while not cond():
-        every()
-        for i, p in enumerate(procs):
-            if p.poll() is not None:
-                raise AssertionError(f"node {i} exited with {p.returncode} while waiting for {what}")
-        if time.monotonic() > until:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.mark.slow
@@ -107,8 +97,10 @@ def test_unreachable_nodes_take_part_through_webrtc(tmp_path: Path) -> None:
         configs.append(cfg)
         statuses.append(tmp_path / f"status{i}.json")
 
+    logs = [tmp_path / f"p{i}.log" for i in range(N)]
+
     def start(i: int) -> subprocess.Popen[bytes]:
-        return start_node(configs[i], tmp_path, tmp_path / f"p{i}.log")
+        return start_node(configs[i], tmp_path, logs[i])
 
     def hist(i: int) -> dict[int, str]:
         s = read_status(statuses[i])
@@ -134,15 +126,15 @@ def test_unreachable_nodes_take_part_through_webrtc(tmp_path: Path) -> None:
     try:
         started = time.monotonic()
         procs = [start(i) for i in range(N)]
-        _wait(f"{ROUNDS} rounds with equal hashes everywhere", lambda: len(agreed()) >= ROUNDS,
-              until, procs, sample)
+        wait_for(f"{ROUNDS} rounds with equal hashes everywhere",
+                 lambda: len(agreed()) >= ROUNDS, until, procs, every=sample, logs=logs)
         wall = time.monotonic() - started
         # under load the first rounds may ride on relays before the WebRTC links are up:
         # keep looking at the unreachable nodes' sockets for a while (bounded)
         with contextlib.suppress(AssertionError):
-            _wait("a WebRTC socket on every unreachable node",
-                  lambda: all(udp_seen[i] > 0 for i in UNREACHABLE),
-                  min(until, time.monotonic() + 30.0), procs, sample)
+            wait_for("a WebRTC socket on every unreachable node",
+                     lambda: all(udp_seen[i] > 0 for i in UNREACHABLE),
+                     min(until, time.monotonic() + 30.0), procs, every=sample)
         for i in UNREACHABLE:
             s = read_status(statuses[i])
             assert s is not None and s["listen"] == f"webrtc:{idents[i].peer_id}"
@@ -150,7 +142,8 @@ def test_unreachable_nodes_take_part_through_webrtc(tmp_path: Path) -> None:
             assert udp_seen[i] > 0, f"unreachable node {i} never opened a WebRTC (UDP) socket"
         rounds = agreed()
         print(f"\n{N} nodes ({len(UNREACHABLE)} unreachable): rounds {rounds} with equal hashes "
-              f"{wall:.1f} s after the processes started; UDP sockets seen on the unreachable nodes {udp_seen}")
+              f"{wall:.1f} s after the processes started; UDP sockets seen on the unreachable "
+              f"nodes {udp_seen}")
         for p in procs:
             assert p.poll() is None
         procs[UNREACHABLE[0]].terminate()

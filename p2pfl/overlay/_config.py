@@ -63,6 +63,11 @@ class OverlayConfig:
     rejoin_after: float = 5.0  # active view empty this long → JOIN through a bootstrap
     reconnect_interval: float = 5.0  # retry one failed peer per interval (heals partitions)
     reconnect_backoff_max: float = 60.0
+    #: While the active view is not full, dial one bootstrap address whose peer is not
+    #: a neighbour every this many seconds (0: never).  Peers that joined at the same
+    #: moment through different bootstraps can end up in separate components that know
+    #: nothing of each other; this merges them.
+    bootstrap_refresh: float = 10.0
     dead_retention: float = 600.0
     dead_table_size: int = 64
     # -- failure detection (SWIM) -----------------------------------------------

@@ -139,6 +139,10 @@ class Membership:
         self.dead: OrderedDict[PeerId, _Dead] = OrderedDict()
         self._bootstrap = [a for a in dict.fromkeys(bootstrap) if a != address]
         self._join_attempts: dict[str, float] = {}
+        self._bootstrap_peer: dict[str, PeerId] = {}  # bootstrap address -> who answered
+        self._refresh_dials: dict[str, float] = {}  # address -> give-up time
+        self._next_refresh: float | None = None
+        self._refresh_backoff = config.bootstrap_refresh
         self._joined_via: dict[PeerId, float] = {}
         self._next_join: float | None = None
         self._last_join = -math.inf
@@ -164,6 +168,9 @@ class Membership:
         self._empty_since = now
         if self._bootstrap:
             self._next_join = now
+            if self.config.bootstrap_refresh > 0:
+                self._next_refresh = now + self.config.bootstrap_refresh * (
+                    0.5 + self.rng.random())
 
     def leave(self, now: float) -> None:
         """Tell every neighbour we are leaving (``DISCONNECT(alive=False)``)."""
@@ -173,15 +180,22 @@ class Membership:
             self.on_neighbor_down(p, now)
         self.pending.clear()
         self._next_join = self._next_repair = self._next_shuffle = self._next_reconnect = None
+        self._next_refresh = None
+        self._refresh_dials.clear()
         self._bootstrap = []
 
     # -- inputs from the driver ------------------------------------------------------
 
     def link_up(self, peer: PeerId, now: float, address: str | None) -> None:
         """A link to ``peer`` opened; ``address`` is what we dialed (None if inbound)."""
+        if address is not None and self._refresh_dials.pop(address, None) is not None:
+            self._bootstrap_peer[address] = peer
+            self._request(peer, address, Priority.LOW, now)  # only if it has room
+            return
         if address is None or address not in self._join_attempts:
             return
         del self._join_attempts[address]
+        self._bootstrap_peer[address] = peer
         if peer == self.local or self.is_graylisted(peer):
             self._maybe_rejoin(now)
             return
@@ -192,6 +206,7 @@ class Membership:
 
     def connect_failed(self, address: str, now: float) -> None:
         """A :class:`Connect` (bootstrap dial) failed."""
+        self._refresh_dials.pop(address, None)
         if self._join_attempts.pop(address, None) is not None:
             self._maybe_rejoin(now)
 
@@ -376,16 +391,18 @@ class Membership:
     def next_deadline(self) -> float | None:
         ds = [
             d
-            for d in (self._next_join, self._next_repair, self._next_shuffle, self._next_reconnect)
+            for d in (self._next_join, self._next_repair, self._next_shuffle, self._next_reconnect,
+                      self._next_refresh)
             if d is not None
         ]
         ds.extend(p.deadline for p in self.pending.values())
         ds.extend(self._join_attempts.values())
+        ds.extend(self._refresh_dials.values())
         return min(ds) if ds else None
 
     def handle_timer(self, now: float) -> None:
         cfg = self.config
-        for addr, dl in list(self._join_attempts.items()):
+        for addr, dl in [*self._join_attempts.items(), *self._refresh_dials.items()]:
             if dl <= now:
                 self.connect_failed(addr, now)
         for peer, p in list(self.pending.items()):
@@ -411,6 +428,9 @@ class Membership:
         if self._next_reconnect is not None and self._next_reconnect <= now:
             self._next_reconnect = None
             self._reconnect(now)
+        if self._next_refresh is not None and self._next_refresh <= now:
+            self._refresh(now)
+            self._next_refresh = now + self._refresh_backoff * (0.75 + 0.5 * self.rng.random())
         self._maybe_rejoin(now)
 
     # -- internals -----------------------------------------------------------------
@@ -520,6 +540,7 @@ class Membership:
         """An active neighbour is gone: repair promptly again."""
         self._repair_backoff = self.config.repair_interval
         self._repair_not_before = min(self._repair_not_before, now)
+        self._refresh_backoff = self.config.bootstrap_refresh
         self.on_neighbor_down(peer, now)
 
     def _schedule_repair(self, now: float) -> None:
@@ -567,6 +588,32 @@ class Membership:
             self._empty_since = now
         at = self._empty_since + (self.config.rejoin_after if self.passive else 0.0)
         self._next_join = max(now, at, self._last_join + self._join_backoff)
+
+    def _refresh(self, now: float) -> None:
+        """Not isolated, view not full: ask one bootstrap peer that is not a neighbour
+        for a LOW-priority NEIGHBOR (accepted only where it has room: no eviction, no
+        walks).  Concurrent joins through different bootstraps can leave components
+        that never hear of each other (their passive views hold only their own
+        members); the bootstrap list is the one address set known to span them.  Each
+        refresh doubles the interval (up to 16x), so a full network is not pestered."""
+        cfg = self.config
+        if (not self.active or self._join_attempts or self._refresh_dials
+                or not self._joined_once
+                or len(self.active) + len(self.pending) >= cfg.active_size):
+            return
+        known = {a.partition("#")[0] for a in self.active.values() if a is not None}
+        for addr in self._bootstrap:
+            peer = self._bootstrap_peer.get(addr)
+            if peer == self.local or peer in self.active or peer in self.pending:
+                continue
+            if addr.partition("#")[0] in known:
+                continue
+            self._bootstrap.remove(addr)
+            self._bootstrap.append(addr)  # the next refresh tries the next one
+            self._refresh_dials[addr] = now + cfg.join_timeout
+            self._refresh_backoff = min(2 * self._refresh_backoff, 16 * cfg.bootstrap_refresh)
+            self.out.commands.append(Connect(addr))
+            return
 
     def _join(self, now: float) -> None:
         if not self._bootstrap or self._join_attempts:

@@ -66,11 +66,14 @@ class Cluster:
         listen: bool = True,
         wrap: Callable[[Transport], Transport] | None = None,
         config: OverlayConfig | None = None,
+        bootstrap: list[str] | None = None,
     ) -> Member:
+        """A new member; it joins through ``bootstrap`` (default: the first member)."""
         m = Member(len(self.members), self.identity(len(self.members), tag))
         m.joined_at = trio.current_time()
         self.members.append(m)
-        await self.nursery.start(self._run, m, listen, wrap, config)
+        boot = self.bootstrap if bootstrap is None else bootstrap
+        await self.nursery.start(self._run, m, listen, wrap, config, boot)
         if not self.bootstrap and listen:
             assert m.ov is not None and m.ov.address is not None
             self.bootstrap = [m.ov.address]
@@ -82,6 +85,7 @@ class Cluster:
         listen: bool,
         wrap: Callable[[Transport], Transport] | None,
         config: OverlayConfig | None,
+        bootstrap: list[str],
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         t: Transport = self.net.transport(m.ident, NETWORK, name=f"n{m.index}")
@@ -90,7 +94,7 @@ class Cluster:
         with trio.CancelScope() as scope:
             m.scope = scope
             async with open_overlay(
-                t, m.ident, config or self.config, bootstrap=list(self.bootstrap),
+                t, m.ident, config or self.config, bootstrap=list(bootstrap),
                 listen=listen, rng=random.Random(self.rng.getrandbits(64)), wall_offset=0.0,
             ) as ov:
                 m.ov = ov

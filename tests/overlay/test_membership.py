@@ -264,3 +264,47 @@ def test_invariants_under_any_message_sequence(steps: list[tuple[str, int, objec
         assert not set(m.active) & set(m.passive)
         assert all(a is not None for a in m.passive.values())
         m.out.commands.clear()
+
+
+def _refresh_due(m: Membership, t: float) -> list[object]:
+    """Run the timers from ``t`` for 40 s; the Connect commands they issue."""
+    out: list[object] = []
+    end = t + 40.0
+    while t < end:
+        m.handle_timer(t)
+        out += [c for c in m.out.commands if isinstance(c, Connect)]
+        m.out.commands.clear()
+        t = min(m.next_deadline() or end, end)
+        if out:
+            return out
+    return out
+
+
+def test_bootstrap_refresh_asks_a_bootstrap_peer_that_is_not_a_neighbour() -> None:
+    """Joined through one bootstrap, view not full: the other bootstrap address is dialed
+    and asked for a LOW-priority NEIGHBOR (it merges components joined concurrently)."""
+    m = make(bootstrap=[addr(9), addr(8)])
+    m.handle_timer(0.0)
+    (first,) = [c for c in m.out.commands if isinstance(c, Connect)]
+    m.out.commands.clear()
+    joined = int(first.address.split(":")[1])
+    other = 17 - joined
+    m.link_up(pid(joined), 0.1, first.address)
+    sends(m)
+    assert _refresh_due(m, 0.2) == [Connect(addr(other))]
+    m.link_up(pid(other), 12.0, addr(other))
+    (s,) = sends(m)
+    assert s.peer == pid(other) and s.msg == Neighbor(Priority.LOW, addr(0))
+    m.receive(pid(other), NeighborReply(True), 12.1)
+    assert set(m.active) == {pid(9), pid(8)}
+    assert _refresh_due(m, 12.2) == []  # every bootstrap peer is a neighbour now
+
+
+def test_bootstrap_refresh_stays_quiet_when_the_view_is_full() -> None:
+    m = make(bootstrap=[addr(9), addr(8)])
+    m.handle_timer(0.0)
+    (first,) = [c for c in m.out.commands if isinstance(c, Connect)]
+    m.out.commands.clear()
+    m.link_up(pid(int(first.address.split(":")[1])), 0.1, first.address)
+    fill(m, 1, 2)  # active_size 3: full
+    assert _refresh_due(m, 0.2) == []

@@ -12,7 +12,7 @@ import trio
 
 from p2pfl.overlay import OverlayConfig
 
-from ._cluster import Cluster
+from ._cluster import NETWORK, Cluster
 
 
 async def _grow(c: Cluster, n: int, every: float = 0.01) -> None:
@@ -135,4 +135,33 @@ async def test_forged_and_tampered_broadcasts_dropped_by_first_honest_peer(
         for m in c.members:
             if m.peer not in victims:
                 assert c.ov(m).protocol.broadcast.stats["invalid"] == 0
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("refresh", [10.0, 0.0], ids=["refresh", "no-refresh"])
+async def test_components_joined_through_different_bootstraps_merge(
+    autojump_clock: object, refresh: float
+) -> None:
+    """Two groups form through their own bootstrap; a bridge peer lists both bootstrap
+    addresses but joins through one.  Its bootstrap refresh links the other group, so
+    the components merge and every broadcast reaches everyone.  Without the refresh
+    (0) they stay apart: the test shows what the refresh is for."""
+    cfg = OverlayConfig(network_id=NETWORK, bootstrap_refresh=refresh)
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery, seed=7, config=cfg)
+        a = [await c.add(bootstrap=[])]
+        a += [await c.add(bootstrap=[c.ov(a[0]).address or ""]) for _ in range(3)]
+        b = [await c.add(bootstrap=[])]
+        b += [await c.add(bootstrap=[c.ov(b[0]).address or ""]) for _ in range(3)]
+        await trio.sleep(5)
+        assert not c.connected()  # two components that know nothing of each other
+        boots = [c.ov(a[0]).address or "", c.ov(b[0]).address or ""]
+        await c.add(bootstrap=boots)
+        await trio.sleep(200)
+        mid = await c.publish(b[-1])
+        await trio.sleep(5)
+        if refresh:
+            assert c.connected() and not c.missing(mid)
+        else:
+            assert not c.connected() and {m.index for m in a} <= {m.index for m in c.missing(mid)}
         nursery.cancel_scope.cancel()
