@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
     from .adversary import Adversary
     from .config import Federation
+    from .messages import DetectionScores
     from .schedule import Group
 
 __all__ = [
@@ -84,7 +85,8 @@ class Contribution:
 class GroupSumReady:
     """The group's aggregate: ``update_sum`` (D,) float64 = Σ w_u x_u over ``included``
     (sorted by peer id); ``dropped``: members whose input did not arrive;
-    ``excluded``: members left out by policy, with reasons (secure backend scoring)."""
+    ``excluded``: members left out by policy, with reasons (secure backend scoring);
+    ``detection``: the scores behind them (:class:`~.messages.DetectionScores`)."""
 
     update_sum: np.ndarray
     included: tuple[PeerId, ...]
@@ -92,6 +94,7 @@ class GroupSumReady:
     total_samples: int
     dropped: tuple[PeerId, ...] = ()
     excluded: tuple[tuple[PeerId, str], ...] = ()
+    detection: DetectionScores | None = None
 
 
 def same_sum(result: GroupSumReady, update_sum: np.ndarray, total_weight: float,

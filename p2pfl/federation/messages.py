@@ -12,6 +12,8 @@ tag        message                delivery   purpose
 0x0507     SignedGroupAbort       broadcast  abort body + the aggregator's endorsement
 0x0508     StateRequest           direct     late joiner → neighbour: state of round r
 0x0509     StateResponse          direct     neighbour → late joiner: the snapshot
+0x050A     MemberScores           (nested)   one member's opened sketch scores and bound
+0x050B     DetectionScores        (nested)   a group's opened scores, in its result body
 0x0520     PlainContribution      payload    (plaintext backend) a member's input
 0x0530/31  Strategy/StateSnapshot (nested)   global state (also in checkpoints)
 0x0540     CheckpointFile         disk       a checkpoint
@@ -41,8 +43,10 @@ __all__ = [
     "ABORT_DOMAIN",
     "RESULT_DOMAIN",
     "AbortBody",
+    "DetectionScores",
     "Endorsement",
     "GroupPayload",
+    "MemberScores",
     "ResultBody",
     "SignRequest",
     "SignatureReply",
@@ -52,6 +56,8 @@ __all__ = [
     "StateResponse",
     "digest_of",
     "endorse",
+    "int_from_wire",
+    "int_to_wire",
     "message_round",
 ]
 
@@ -100,6 +106,55 @@ class GroupPayload:
     payload: bytes
 
 
+SCORE_BYTES: Final = 20  # opened scores are exact integers below 2**159 in magnitude
+SInt = Annotated[bytes, MaxLen(SCORE_BYTES)]
+Party = Annotated[int, Range(0, MAX_GROUP - 1)]
+
+
+def int_to_wire(v: int) -> bytes:
+    """A signed integer as minimal big-endian two's complement (CBOR's own big integers
+    are semantic tags, which the codec refuses).
+
+    Raises :class:`OverflowError` beyond ``SCORE_BYTES`` bytes.
+    """
+    n = ((v if v >= 0 else ~v).bit_length() + 8) // 8  # magnitude bits + a sign bit
+    if n > SCORE_BYTES:
+        raise OverflowError(f"score of {v.bit_length()} bits does not fit the wire")
+    return v.to_bytes(n, "big", signed=True)
+
+
+def int_from_wire(b: bytes) -> int:
+    """The inverse of :func:`int_to_wire` (the empty string is refused by the caller)."""
+    return int.from_bytes(b, "big", signed=True)
+
+
+@message(0x050A)
+class MemberScores:
+    """Group member ``party``'s opened sketch scores (:class:`mpc.secagg.SketchScore`):
+    ``norm`` = ||z||^2 (None: its scores could not be opened), ``dot`` = <z, z_ref>
+    (None without a reference), and ``bound2``, the largest ||z||^2 the federation
+    allowed it (from its public weight factor)."""
+
+    party: Party
+    bound2: Annotated[float, Range(0.0, 1e300)]
+    norm: SInt | None = None
+    dot: SInt | None = None
+
+
+@message(0x050B)
+class DetectionScores:
+    """The scores a group's validators opened in its sketch stage: what the exclusion
+    policy (:func:`p2pfl.federation.policy.decide_exclusions`) saw.  ``members`` lists
+    every survivor (sorted by party); ``pairs`` the opened ``(u, v, <z_u, z_v>)``,
+    ``u < v``; ``ref_norm2`` = ||z_ref||^2 (None without a reference).  Carried in the
+    signed result body, so anyone can re-run the policy (:mod:`p2pfl.federation.audit`).
+    """
+
+    members: Annotated[tuple[MemberScores, ...], MaxLen(MAX_GROUP)]
+    pairs: Annotated[tuple[tuple[Party, Party, SInt], ...], MaxLen(1 << 16)] = ()
+    ref_norm2: SInt | None = None
+
+
 @message(0x0502)
 class ResultBody:
     """What a group result asserts.
@@ -107,7 +162,8 @@ class ResultBody:
     ``schedule`` and ``base_state`` are the digests of the round schedule and of the
     global state the round started from; ``included`` (sorted) are the members whose
     updates are in ``update_sum`` (float64, Σ w_u x_u); ``dropped`` (sorted) gave no
-    input; ``excluded`` were left out by policy, with reasons.
+    input; ``excluded`` were left out by policy, with reasons; ``detection`` the
+    scores behind the exclusions (groups with a sketch stage).
     """
 
     federation: B32
@@ -121,6 +177,7 @@ class ResultBody:
     update_sum: Annotated[np.ndarray, ArraySpec(dtypes=("f8",), ndim=1)]
     total_weight: Annotated[float, Range(0.0, float(MAX_GROUP))]
     total_samples: Annotated[int, Range(0, 2**62)]
+    detection: DetectionScores | None = None
 
 
 @message(0x0503)

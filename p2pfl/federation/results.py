@@ -11,6 +11,8 @@ A group result is accepted only when everything it claims is consistent with wha
 * the group exists; ``included``, ``dropped`` and the excluded peers are sorted,
   disjoint group members, with at least the group's threshold included;
 * the sum has the model's length and is finite, the totals are in range;
+* the exclusions follow from the scores recorded in the body
+  (:func:`~p2pfl.federation.audit.audit_exclusions`: the policy re-run);
 * endorsements come from distinct group members, every signature verifies, at least
   one signer is an aggregator of the group, and there are at least ``quorum``
   signers (the group's threshold: the members that vouch for the result).
@@ -30,6 +32,7 @@ import numpy as np
 from p2pfl.errors import RemoteProtocolError
 from p2pfl.wire import PeerId
 
+from .audit import audit_exclusions
 from .config import Federation
 from .messages import (
     ABORT_DOMAIN,
@@ -126,6 +129,9 @@ def check_body(view: RoundView, body: ResultBody, sender: PeerId | None = None) 
     if not math.isfinite(body.total_weight) or body.total_weight > len(body.included):
         raise RemoteProtocolError("total weight exceeds the number of included members",
                                   peer=sender)
+    problem = audit_exclusions(body, group.members, view.federation.detection)
+    if problem is not None:
+        raise RemoteProtocolError(problem, peer=sender)
     return group
 
 

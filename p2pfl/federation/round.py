@@ -445,7 +445,7 @@ class RoundMachine:
             self.federation.id, self.round, self.group.index, self.schedule.digest,
             self.view.base_state, tuple(ev.included), tuple(ev.dropped), tuple(ev.excluded),
             np.asarray(ev.update_sum, dtype=np.float64), float(ev.total_weight),
-            int(ev.total_samples),
+            int(ev.total_samples), ev.detection,
         )
 
     def _delay(self) -> float:
@@ -538,7 +538,8 @@ class RoundMachine:
         assert self._sub is not None
         b = msg.body
         reason = self._sub.check_result(GroupSumReady(
-            b.update_sum, b.included, b.total_weight, b.total_samples, b.dropped, b.excluded))
+            b.update_sum, b.included, b.total_weight, b.total_samples, b.dropped, b.excluded,
+            b.detection))
         if reason is not None:
             self._events.append(Misbehaviour(sender, f"refused to sign: {reason}"))
             return
@@ -594,7 +595,8 @@ class RoundMachine:
         if pub.body is not None and pub.digest != vr.digest and self._sub is not None:
             b = vr.msg.body
             reason = self._sub.check_result(GroupSumReady(
-                b.update_sum, b.included, b.total_weight, b.total_samples, b.dropped, b.excluded))
+                b.update_sum, b.included, b.total_weight, b.total_samples, b.dropped, b.excluded,
+                b.detection))
             if reason is not None:
                 for p in vr.signers:
                     if vr.group.rank(p) is not None:

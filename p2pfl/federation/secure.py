@@ -98,6 +98,8 @@ from .aggregation import (
     GroupSumReady,
     same_sum,
 )
+from .audit import detection_scores
+from .messages import DetectionScores
 from .policy import decide_exclusions
 
 __all__ = [
@@ -245,6 +247,7 @@ class SecureAggregation:
         self._ref_z: tuple[bytes, np.ndarray] | None = None
         self.reasons: dict[int, str] = {}  # excluded member -> why (aggregators)
         self.scores: dict[int, SketchScore | None] = {}
+        self.detection: DetectionScores | None = None  # what the policy saw (aggregators)
         if cfg.sketch is not None:
             if ctx.reference is not None:
                 ref = np.clip(np.asarray(ctx.reference, dtype=np.float64), -s.quant_range,
@@ -329,10 +332,11 @@ class SecureAggregation:
             zr = self._reference(seed)
             ref_norm2 = sum(int(v) * int(v) for v in zr.tolist())
         self.scores = dict(scores)
+        bounds2 = {u: self.norm_bound2(members[u]) for u in scores}
         self.reasons = decide_exclusions(
-            scores, bounds2={u: self.norm_bound2(members[u]) for u in scores},
-            ref_norm2=ref_norm2, params=self.ctx.federation.detection,
+            scores, bounds2=bounds2, ref_norm2=ref_norm2, params=self.ctx.federation.detection,
             name={u: members[u].short() for u in scores})
+        self.detection = detection_scores(scores, bounds2, ref_norm2)
         return set(self.reasons)
 
     # -- inputs -------------------------------------------------------------
@@ -530,6 +534,7 @@ class SecureAggregation:
             tuple(members[i] for i in sorted(ev.dropped)),
             tuple((members[i], self.reasons.get(i, EXCLUDED_REASON)[:256])
                   for i in sorted(ev.excluded)),
+            self.detection,
         )
         self.aggregator_outcome = "output"
         self._events.append(self._own)
@@ -555,7 +560,11 @@ class SecureAggregation:
         if own is None:
             return None
         same = same_sum(result, own.update_sum, own.total_weight, own.total_samples)
-        return None if same else "the sum differs from this replica's own output"
+        if not same:
+            return "the sum differs from this replica's own output"
+        if own.detection is not None and result.detection != own.detection:
+            return "the recorded scores differ from those this replica opened"
+        return None
 
     def messages_to_send(self) -> list[tuple[PeerId, bytes]]:
         out, self._outbox = self._outbox, []

@@ -42,7 +42,7 @@ from typing import Annotated, Final
 import numpy as np
 
 from p2pfl.errors import LocalProtocolError, RemoteProtocolError
-from p2pfl.federation.messages import Endorsement, ResultBody, digest_of
+from p2pfl.federation.messages import DetectionScores, Endorsement, ResultBody, digest_of
 from p2pfl.federation.schedule import hash_parts
 from p2pfl.wire import ArraySpec, MaxLen, PeerId, Range, encode, message
 
@@ -102,6 +102,7 @@ class GroupHeader:
     total_weight: Annotated[float, Range(0.0, float(MAX_GROUP))]
     total_samples: Annotated[int, Range(0, 2**62)]
     aggregator: PeerId | None = None
+    detection: DetectionScores | None = None
 
 
 class GroupStatus(enum.IntEnum):

@@ -18,7 +18,8 @@ A record is verified against the chain before it (its last body and the
    recorded schedule digest; there is one slot per group, in index order.
 3. **Accepted groups** pass the federation's own checks
    (:func:`~p2pfl.federation.results.check_body`: header, sorted disjoint member sets,
-   at least the threshold included, weight bound) and
+   at least the threshold included, weight bound, and exclusions that follow from the
+   scores the header records -- the exclusion policy re-run) and
    (:func:`~p2pfl.federation.results.verify_endorsements`) are endorsed by distinct
    group members, at least one an aggregator, at least the group's quorum, every
    signature valid over :func:`signed_digest`.  With ``enforce_weights``, the total
@@ -32,8 +33,9 @@ A record is verified against the chain before it (its last body and the
 
 What cannot be checked from the chain: that the cohort was drawn from the right
 candidate set (candidates are not recorded), the new model hash before round r+1's
-results attest it, and the scores behind exclusions (the result body does not carry
-them yet; their reasons are attested by the group's quorum).
+results attest it, and that the recorded scores (and norm bounds) are the members'
+true ones -- they are attested by the group's quorum; only their consequences are
+re-derived.
 
 **Equivocation.**  An honest peer endorses at most one body per proposing aggregator
 of a group, so at most ``aggregators`` different bodies per (round, group).  Proof of

@@ -7,7 +7,8 @@ what ``RoundMachine(weight_factor=...)`` does), and at ``RoundCompleted``:
 ``ledger.build`` → ``ledger.append`` → ``next_state(ledger.head)``.
 
 ``attackers`` are peers whose inputs the (test) scoring policy excludes: they send
-nothing and every aggregator lists them as excluded with reason ``norm: ...``.
+nothing and every aggregator lists them as excluded with reason ``norm: ...``, with
+the scores that reason follows from (the result audit re-runs the policy).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
+from mpc.secagg import SketchScore
 from p2pfl.federation import (
     AggregationContext,
     Contribution,
@@ -26,7 +28,9 @@ from p2pfl.federation import (
     RoundSchedule,
     schedule_round,
 )
+from p2pfl.federation.audit import detection_scores
 from p2pfl.federation.messages import ABORT_DOMAIN, RESULT_DOMAIN, AbortBody, digest_of, endorse
+from p2pfl.federation.policy import decide_exclusions
 from p2pfl.identity import Identity
 from p2pfl.ledger import (
     GroupSlot,
@@ -57,7 +61,9 @@ class _Policy:
     """A backend plus a test exclusion policy (plaintext only) and the ledger weight."""
 
     def __init__(self, inner: Any, factor: float, attackers: frozenset[PeerId],
-                 me: PeerId) -> None:
+                 me: PeerId, ctx: AggregationContext) -> None:
+        self._members = ctx.group.members
+        self._detection = ctx.federation.detection
         self._inner = inner
         self._factor = factor
         self._attackers = attackers
@@ -70,10 +76,21 @@ class _Policy:
 
     def _fix(self, ev: Any) -> Any:
         if isinstance(ev, GroupSumReady):
-            bad = tuple(p for p in ev.dropped if p in self._attackers)
+            bad = {p for p in ev.dropped if p in self._attackers}
+            if not bad:
+                return ev
+            # scores as a sketch stage would open them: attackers at twice their bound
+            members = self._members
+            scores = {i: SketchScore(4 if p in bad else 1) for i, p in enumerate(members)
+                      if p in bad or p in ev.included}
+            bounds2 = dict.fromkeys(scores, 1.0)
+            reasons = decide_exclusions(scores, bounds2=bounds2, ref_norm2=None,
+                                        params=self._detection,
+                                        name={i: members[i].short() for i in scores})
             ev = dataclasses.replace(
-                ev, dropped=tuple(p for p in ev.dropped if p not in self._attackers),
-                excluded=tuple((p, "norm: sketch norm above the bound") for p in bad))
+                ev, dropped=tuple(p for p in ev.dropped if p not in bad),
+                excluded=tuple((members[i], reasons[i]) for i in sorted(reasons)),
+                detection=detection_scores(scores, bounds2, None))
         return ev
 
     def next_event(self) -> Any:
@@ -101,7 +118,7 @@ class LedgerNet(Net):
 
     def _backend(self, ctx: AggregationContext) -> Any:
         factor = self.ledgers[ctx.me].weight_factor(ctx.me)
-        return _Policy(self.backend(ctx), factor, self.attackers, ctx.me)
+        return _Policy(self.backend(ctx), factor, self.attackers, ctx.me, ctx)
 
     def schedule(self, peer: PeerId, candidates: Iterable[PeerId] | None = None) -> RoundSchedule:
         st = self.states[peer]

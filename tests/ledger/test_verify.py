@@ -14,6 +14,7 @@ from p2pfl.federation import OutOfSync, next_beacon
 from p2pfl.federation.messages import RESULT_DOMAIN, Endorsement, endorse
 from p2pfl.ledger import (
     EquivocationProof,
+    GroupHeader,
     GroupWitness,
     Ledger,
     LedgerParams,
@@ -231,3 +232,31 @@ def test_proof_with_a_wrong_signature_is_refused(net: LedgerNet) -> None:
     with pytest.raises(RemoteProtocolError, match="bad signature"):
         led.add_evidence([EquivocationProof((good, bad))])
     assert np.isfinite(led.standing.score(signer.peer_id))
+
+
+def _forge_exclusions(r: Record, net: LedgerNet, how: str) -> Record:
+    """Re-sign (with the original signers) the header of the group that excluded the
+    attacker, with exclusions its recorded scores do not support."""
+    def change(h: GroupHeader) -> GroupHeader:
+        if not h.excluded:
+            return h
+        if how == "no scores":
+            return dataclasses.replace(h, detection=None)
+        victim = h.included[0]  # an honest member, excluded on a made-up reason
+        return dataclasses.replace(h, included=h.included[1:], excluded=tuple(sorted(
+            (*h.excluded, (victim, "direction: cos -0.900")), key=lambda e: e[0].raw)))
+    return resign(r, net.by_peer, change=change)
+
+
+@pytest.mark.parametrize("how, why", [("honest excluded", "do not follow from the recorded"),
+                                      ("no scores", "excluded without recorded scores")])
+def test_exclusions_must_follow_from_the_recorded_scores(net: LedgerNet, how: str,
+                                                         why: str) -> None:
+    """A quorum can sign anything; the policy re-run on the recorded scores cannot be
+    argued with (``p2pfl.federation.audit``)."""
+    r0 = net.ledger().records[0]
+    assert any(s.header is not None and s.header.excluded for s in r0.body.groups)
+    honest = resign(r0, net.by_peer)
+    Ledger(net.fed).append(honest)  # re-signing alone is fine
+    with pytest.raises(RemoteProtocolError, match=why):
+        Ledger(net.fed).append(_forge_exclusions(r0, net, how), net.peers[5])
