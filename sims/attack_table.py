@@ -54,6 +54,11 @@ def row_stats(name: str, data: dict[str, Any], metrics: list[dict[str, Any]],
                                else data["final_accuracy"] - base_acc),
         "models_agree": data["models_agree"],
         "detection_rate": det["detection_rate"],
+        "malicious_excluded": det["malicious_excluded"],
+        "malicious_present": det["malicious_present"],
+        "kept_out_rate": det.get("kept_out_rate"),
+        "malicious_included": det.get("malicious_included"),
+        "malicious_dropped": det.get("malicious_dropped"),
         "false_positive_rate": det["false_positive_rate"],
         "honest_excluded": det["honest_excluded"],
         "honest_present": det["honest_present"],
@@ -100,7 +105,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(table, indent=1))
-    cols = ["row", "final_accuracy", "delta_vs_no_attack", "detection_rate",
+    cols = ["row", "final_accuracy", "delta_vs_no_attack", "detection_rate", "kept_out_rate",
             "false_positive_rate", "max_malicious_reputation_r5",
             "malicious_below_all_honest_r10", "malicious_credits", "binding_failures"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -67,6 +67,7 @@ Layout (every key except ``name`` and ``task`` has a default)::
     reference_rounds = 5      # the reference: the global model's move over this many rounds
     direction_min = 0.05      # exclude cos(z, ref) < -max(direction_min, ...
     direction_ratio = 0.25    #   ... direction_ratio * median cos of the group)
+    direction_agree = 0.3     # median cos at least this: exclude any cos(z, ref) < 0
     group_direction_min = 0.15  # round 0 (no reference): the same against the group
     stale_cos = 0.98          # cos(z, ref) above this: a replayed (stale) update
     zero_fraction = 0.001     # ||z|| below this fraction of the bound: a zero update
@@ -320,6 +321,7 @@ class Detection:
     reference_rounds: int = 5
     direction_min: float = 0.05
     direction_ratio: float = 0.25
+    direction_agree: float = 0.3
     group_direction_min: float = 0.15
     stale_cos: float = 0.98
     zero_fraction: float = 0.001
@@ -485,6 +487,7 @@ def _detection(t: _Table, cohort: Cohort, secagg: SecAgg, secure: bool) -> Detec
         reference_rounds=t.integer("reference_rounds", 5, lo=1, hi=1 << 10),
         direction_min=t.number("direction_min", 0.05, lo=0.0, hi=1.0),
         direction_ratio=t.number("direction_ratio", 0.25, lo=0.0, hi=1.0),
+        direction_agree=t.number("direction_agree", 0.3, lo=0.0, hi=1.0),
         group_direction_min=t.number("group_direction_min", 0.15, lo=0.0, hi=1.0),
         stale_cos=t.number("stale_cos", 0.98, lo=0.0, hi=1.0),
         zero_fraction=t.number("zero_fraction", 0.001, lo=0.0, hi=1.0),

@@ -42,10 +42,22 @@ class LedgerParams:
     ``equivocation``          10.0     negative: a valid equivocation proof
     ========================  =======  ===============================================
 
-    * ``forgetting`` (0.95): alpha and beta are multiplied by it every round, so
-      evidence k rounds old counts ``forgetting**k``; honest evidence saturates at
-      ``accepted / (1 - forgetting)`` (20), and a peer below the floor climbs back
-      (redemption) after a few rounds without new negative evidence.
+    * ``forgetting`` (0.95): alpha (positive evidence) is multiplied by it every round,
+      so evidence k rounds old counts ``forgetting**k``; honest evidence saturates at
+      ``accepted / (1 - forgetting)`` (20).
+    * ``negative_forgetting`` (0.98): the same for the negative evidence a peer's own
+      conduct proved (exclusions, violations, equivocations); dropouts and failed
+      groups -- possibly bad luck: every member of a failed group is charged, one
+      lied -- decay by ``forgetting``.  Slower on purpose: a peer below the floor is
+      never selected, so it earns no evidence of either kind and only forgetting lets
+      it back (redemption).  With 0.95 a peer excluded twice returns after 6 rounds,
+      and a sign flipper readmitted late in training looks like an honest peer with
+      little to add (its cos with the reference is ~0), so every return is a fresh
+      chance to slip through.  With 0.98 it returns after 14 rounds, on probation
+      (its weight factor is below 1: see :mod:`p2pfl.federation.policy`, rule 7), and
+      one more exclusion keeps it out for 25 more.  One false positive of an
+      established honest peer (alpha near 20) still costs little: its score stays
+      above 0.8.
     * ``prior_alpha``, ``prior_beta`` (1, 1): the score of a peer with no evidence (0.5).
     * ``floor`` (0.2): a score below it gives weight 0 (never selected, weight factor 0).
     * ``full_weight_at`` (0.5): the aggregation weight factor is
@@ -68,6 +80,7 @@ class LedgerParams:
     """
 
     forgetting: float = 0.95
+    negative_forgetting: float = 0.98
     prior_alpha: float = 1.0
     prior_beta: float = 1.0
     accepted: float = 1.0
@@ -100,8 +113,10 @@ class LedgerParams:
             if type(v) not in (int, float) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"ledger.{f.name}: must be a finite number >= 0, got {v!r}")
             object.__setattr__(self, f.name, float(v))
-        if not 0.0 < self.forgetting <= 1.0:
-            raise ValueError(f"ledger.forgetting: must be in (0, 1], got {self.forgetting}")
+        for name in ("forgetting", "negative_forgetting"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise ValueError(f"ledger.{name}: must be in (0, 1], got {v}")
         if self.prior_alpha <= 0 or self.prior_beta <= 0:
             raise ValueError("ledger.prior_alpha and ledger.prior_beta: must be > 0")
         if not 0.0 <= self.floor < 1.0:

@@ -8,7 +8,8 @@ weighted update, ``S`` the sparse ±1 sketch map drawn after the commitment dead
 
 * ``norm``  = ||z_u||^2,
 * ``dot``   = <z_u, z_ref> with the public reference ``z_ref = S · Q(ref)``, where
-  ``ref`` is the previous round's global update (none in round 0),
+  ``ref`` is the global model's move over the last ``reference_rounds`` rounds (none in
+  round 0),
 * ``pairs`` = <z_u, z_v> for the other survivors v.
 
 :func:`decide_exclusions` turns them into exclusions, deterministically (every
@@ -31,9 +32,13 @@ in order, each applied to the members the earlier ones left:
 6. ``direction:`` -- with a reference, c_u = cos(z_u, z_ref) below
    ``-max(direction_min, direction_ratio * m)``, ``m`` the median of c over the
    remaining members (clamped at 0): the threshold follows the group's own agreement
-   with the reference.  The reference is the global model's move over the last
-   ``reference_rounds`` rounds (5): measured on digits (30 peers, Dirichlet 0.5, 30
-   rounds), honest updates have cos 0.3-0.7 with it early and ~0.1 late, below 0 in
+   with the reference.  When the group agrees with the reference (``m >=
+   direction_agree``, 0.3: early rounds), the threshold is 0: pointing against it is
+   enough (measured on digits, 30 peers, Dirichlet 0.5: honest members of such groups
+   had c < 0 in 2 of 12 720 peer-rounds, min -0.026; it catches a reversed update
+   that a poisoned first step of the reference brought close to 0).  The reference is
+   the global model's move over the last ``reference_rounds`` rounds (5): measured on
+   digits, honest updates have cos 0.3-0.7 with it early and ~0.1 late, below 0 in
    0.1 % of peer-rounds (with the single previous step as reference: 5.9 %, down to
    -0.2, and one poisoned step flips it).  Without a reference (round 0), the group is
    split in two by the signs of the top eigenvector of its cosine matrix (honest
@@ -41,6 +46,28 @@ in order, each applied to the members the earlier ones left:
    honest); members of the smaller side whose cosine with the sum of the larger side's
    sketches is below ``-max(group_direction_min, direction_ratio * m)`` are excluded
    (``m``: the larger side's median).  A tie excludes nobody.
+7. ``probation:`` -- with a reference, a member whose norm bound ``bounds2[u]`` is
+   below the largest bound of its group must point *with* the reference: it is
+   excluded unless ``c_u >= +direction_min``, rule 6's late-training margin with the
+   sign flipped (not the median-scaled one: early in training an honest peer excluded
+   once in round 0 is on probation in round 1, and a threshold of 0.25 x median, 0.13
+   there, excluded two such peers at cos +0.11 and +0.12 and so put them below the
+   floor; measured on all logged runs, +direction_min excluded 3 of 425 honest
+   peer-rounds on probation and 330 of 438 malicious ones, the scaled margin 5 and
+   333).  The bound grows with the member's public weight
+   factor (the ledger's, ``min(1, score / full_weight_at)``), so a smaller bound means
+   a weaker standing than the group's best: a peer excluded or charged recently, or a
+   capped newcomer among established peers.  Reading it from ``bounds2`` keeps the
+   rule a function of what every aggregator and every auditor
+   (:mod:`p2pfl.federation.audit`) already has.  Why: a peer excluded twice falls
+   below the selection floor, and forgetting lets it back later with a weight factor
+   of about 0.4; a reversed update late in training has cos ~0 with the reference
+   (honest ones ~+0.1), inside rule 6's margin, and one that slips through gains
+   weight, is included at full weight and then pulls the reference itself (measured
+   on digits, 30 peers, 30 % sign flips, before this rule: two attackers readmitted at
+   round 18 with cos +0.003 and +0.005 were included for the rest of the run, after
+   which 20 honest peer-rounds failed rule 6).  Honest peers rarely face the test:
+   with a record of accepted rounds their weight factor is 1.
 
 What this does not catch (docs/threat-model.md): updates that stay inside benign
 statistics -- a small norm, a positive alignment, no clone -- such as ALIE-style or
@@ -139,10 +166,17 @@ def decide_exclusions(
         cos = {u: cosine(live[u].dot or 0, live[u].norm, ref_norm2) for u in active
                if live[u].dot is not None}
         if cos:
-            theta = _threshold(cos, params.direction_min, params)
+            m = max(0.0, _median(list(cos.values())))
+            theta = max(params.direction_min, params.direction_ratio * m)
+            low = 0.0 if m >= params.direction_agree else -theta
+            top = max(float(bounds2[u]) for u in scores)
             for u in sorted(cos):
-                if cos[u] < -theta:
-                    out[u] = f"direction: cos {cos[u]:+.3f} with {what} (threshold {-theta:+.3f})"
+                if cos[u] < low:
+                    out[u] = f"direction: cos {cos[u]:+.3f} with {what} (threshold {low:+.3f})"
+                elif float(bounds2[u]) < top and cos[u] < params.direction_min:
+                    w = math.sqrt(float(bounds2[u]) / top)
+                    out[u] = (f"probation: cos {cos[u]:+.3f} with {what} (threshold "
+                              f"{params.direction_min:+.3f}, bound {w:.2f} of the group's largest)")
         return out
     # no reference (round 0): split the group in two by the sign pattern of the top
     # eigenvector of its cosine matrix (honest updates agree with each other, reversed

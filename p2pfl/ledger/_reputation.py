@@ -12,24 +12,31 @@ record equals recomputing it from scratch, and every peer that holds the same ch
 holds the same standing, bit for bit.
 
 **Evidence.**  Per peer, a Beta-reputation pair (Jøsang and Ismail, 2002) with
-forgetting: positive evidence ``alpha`` and negative evidence ``beta``.  Round r
-first decays every known peer (``alpha *= forgetting``, ``beta *= forgetting``), then
-adds what record r says, all of it backed by signatures:
+forgetting: positive evidence ``alpha`` and negative evidence, kept in two parts:
+``beta`` for what a peer's own update or conduct proved (exclusions, violations,
+equivocations) and ``beta_soft`` for what may be bad luck (dropouts, membership of a
+group whose binding check failed: every member is charged, only one lied).  Round r
+first decays every known peer (``alpha *= forgetting``, ``beta_soft *= forgetting``,
+``beta *= negative_forgetting``: proven misbehaviour is forgotten more slowly, so an
+excluded peer stays below the floor longer, while the honest members of a liar's
+groups recover at the usual pace), then adds what record r says, all of it backed by
+signatures:
 
 * included in an accepted group result (signed by a quorum): ``+accepted`` to alpha;
-* dropped in it: ``+dropout``; excluded in it: ``+excluded``, or ``+violation`` when
-  the reason's code (the text before ``:``) is a protocol violation
-  (:data:`VIOLATION_CODES`);
+* dropped in it: ``+dropout`` to beta_soft; excluded in it: ``+excluded``, or
+  ``+violation`` when the reason's code (the text before ``:``) is a protocol
+  violation (:data:`VIOLATION_CODES`), to beta;
 * member of a group whose every aggregator signed an abort for a failed binding check
-  (reason code ``binding``): ``+failed_group`` for every member;
-* the signer of a valid equivocation proof: ``+equivocation``, once per
+  (reason code ``binding``): ``+failed_group`` to beta_soft, for every member;
+* the signer of a valid equivocation proof: ``+equivocation`` to beta, once per
   (round, group); a proven equivocation (deliberate, never an accident) also forfeits
   the peer's positive evidence (``equivocation_forfeits``), so it falls below the floor
   whatever its past.
 
-**Score** ``s = (alpha + a0) / (alpha + beta + a0 + b0)`` in (0, 1): the posterior
-mean of a Beta(a0, b0) prior; old evidence counts ``forgetting**k``, so a reformed
-peer recovers and an old good record does not shield a new attack.
+**Score** ``s = (alpha + a0) / (alpha + beta + beta_soft + a0 + b0)`` in (0, 1): the
+posterior mean of a Beta(a0, b0) prior; old evidence counts ``forgetting**k`` (proven
+misbehaviour: ``negative_forgetting**k``), so a reformed peer recovers and an old good
+record does not shield a new attack.
 
 **Weights.**  ``weight_factor(p)`` (aggregation weight multiplier, in [0, 1]) is 0
 below ``floor`` and otherwise ``min(1, s / full_weight_at)``, capped at
@@ -101,6 +108,7 @@ class PeerStanding:
 
     alpha: float = 0.0
     beta: float = 0.0
+    beta_soft: float = 0.0
     credits: float = 0.0
     contributions: int = 0
     exclusions: int = 0
@@ -116,6 +124,7 @@ class PeerStanding:
 class _Delta:
     pos: float = 0.0
     neg: float = 0.0
+    soft: float = 0.0
     credit: float = 0.0
     contributions: int = 0
     exclusions: int = 0
@@ -168,7 +177,7 @@ class Standing:
         """The Beta score in (0, 1) (``prior_alpha / (prior_alpha + prior_beta)`` for a
         peer without evidence)."""
         p, s = self.params, self._peers.get(peer)
-        a, b = (s.alpha, s.beta) if s is not None else (0.0, 0.0)
+        a, b = (s.alpha, s.beta + s.beta_soft) if s is not None else (0.0, 0.0)
         return (a + p.prior_alpha) / (a + b + p.prior_alpha + p.prior_beta)
 
     def is_newcomer(self, peer: PeerId) -> bool:
@@ -237,7 +246,7 @@ class Standing:
                     x.credit += self.weight_factor(u) * min(per, cap)
                 for u in h.dropped:
                     x = d(u)
-                    x.neg += p.dropout
+                    x.soft += p.dropout
                     x.dropouts += 1
                 for u, reason in h.excluded:
                     x = d(u)
@@ -252,7 +261,7 @@ class Standing:
                 sched = schedule or schedule_of(self.federation, body)
                 for u in sched.groups[slot.index].members:
                     x = d(u)
-                    x.neg += p.failed_group
+                    x.soft += p.failed_group
                     x.failed_groups += 1
         seen: set[tuple[int, int, PeerId]] = set()
         for proof in body.evidence:
@@ -274,12 +283,13 @@ class Standing:
         """
         if body.round != self.height:
             raise ValueError(f"record of round {body.round} applied at height {self.height}")
-        f = self.params.forgetting
+        f, fn = self.params.forgetting, self.params.negative_forgetting
         deltas = self.evidence(body, schedule)
         r = body.round
         peers: dict[PeerId, PeerStanding] = {}
         for peer, s in self._peers.items():
-            peers[peer] = replace(s, alpha=_decay(s.alpha, f), beta=_decay(s.beta, f))
+            peers[peer] = replace(s, alpha=_decay(s.alpha, f), beta=_decay(s.beta, fn),
+                                  beta_soft=_decay(s.beta_soft, f))
         for peer in body.cohort:
             old = peers.get(peer)
             peers[peer] = (PeerStanding(first_round=r, last_round=r) if old is None
@@ -290,6 +300,7 @@ class Standing:
             forfeit = x.equivocations > 0 and self.params.equivocation_forfeits
             peers[peer] = PeerStanding(
                 alpha=0.0 if forfeit else s.alpha + x.pos, beta=s.beta + x.neg,
+                beta_soft=s.beta_soft + x.soft,
                 credits=s.credits + x.credit,
                 contributions=s.contributions + x.contributions,
                 exclusions=s.exclusions + x.exclusions, dropouts=s.dropouts + x.dropouts,

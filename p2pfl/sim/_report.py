@@ -124,22 +124,42 @@ def run_fields(cfg: SimConfig, fed: Federation, metrics: list[dict[str, Any]],
 
 def detection_stats(metrics: list[dict[str, Any]], malicious: set[str]) -> dict[str, Any]:
     """Per-round detection over the peers that appear in accepted group results
-    (included or excluded): detection rate = excluded malicious / malicious present,
-    false-positive rate = excluded honest / honest present (None: none present)."""
-    mal_in = mal_ex = hon_in = hon_ex = 0
+    (included, dropped or excluded): detection rate = excluded malicious / malicious
+    present, false-positive rate = excluded honest / honest present (None: none present).
+
+    A second, separately named measure adds what detection alone does not count: a
+    malicious peer whose weight factor before the round was 0 (below the reputation
+    floor: never selected) and that is not present is *kept out*; one that is present
+    but neither excluded nor dropped is *included* (its update entered a sum).
+    ``kept_out_rate`` = (excluded + kept out) / (excluded + kept out + included);
+    dropped malicious peers (present, contributed nothing) count in neither and are
+    reported as ``malicious_dropped``.  Round 0, and rounds whose previous ``weight``
+    map is empty (no ledger observed), count no kept-out peer.
+    """
+    mal_in = mal_ex = hon_in = hon_ex = kept = dropped = 0
     by_round = []
+    prev: dict[str, float] = {}
     for m in metrics:
         present, ex = set(m["in_results"]), set(m["excluded"])
         a, b = len(present & malicious), len(ex & malicious)
         c, d = len(present - malicious), len(ex - malicious)
+        k = sum(1 for p in malicious if p not in present and prev.get(p) == 0.0)
+        x = len((set(m.get("dropped") or ()) - ex) & malicious)
         mal_in, mal_ex, hon_in, hon_ex = mal_in + a, mal_ex + b, hon_in + c, hon_ex + d
+        kept, dropped = kept + k, dropped + x
         by_round.append({"malicious_present": a, "malicious_excluded": b,
-                         "honest_present": c, "honest_excluded": d})
+                         "honest_present": c, "honest_excluded": d, "malicious_kept_out": k,
+                         "malicious_dropped": x})
+        prev = m.get("weight") or {}
+    included = mal_in - mal_ex - dropped
+    blocked = mal_ex + kept
     return {
         "detection_rate": mal_ex / mal_in if mal_in else None,
         "false_positive_rate": hon_ex / hon_in if hon_in else None,
         "malicious_present": mal_in, "malicious_excluded": mal_ex,
         "honest_present": hon_in, "honest_excluded": hon_ex,
+        "malicious_kept_out": kept, "malicious_dropped": dropped, "malicious_included": included,
+        "kept_out_rate": blocked / (blocked + included) if blocked + included else None,
         "by_round": by_round,
     }
 

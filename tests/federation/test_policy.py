@@ -96,3 +96,59 @@ def test_cosine_of_exact_integers() -> None:
     assert cosine(6, 4, 9) == pytest.approx(1.0)
     big = 2**80
     assert cosine(-big, big, big) == pytest.approx(-1.0)
+
+
+def _toward(ref: np.ndarray, cos: float, rng: np.random.Generator) -> np.ndarray:
+    """A vector whose cosine with ``ref`` is ``cos`` (up to rounding), norm ~ ||ref||."""
+    r = ref.astype(np.float64)
+    e = rng.standard_normal(ROWS)
+    e -= (e @ r) / (r @ r) * r
+    v = cos * r / np.linalg.norm(r) + np.sqrt(1.0 - cos * cos) * e / np.linalg.norm(e)
+    return np.rint(v * np.linalg.norm(r)).astype(np.int64)
+
+
+def test_members_on_probation_must_point_with_the_reference() -> None:
+    """Rule 7: a bound below the group's largest (a weight factor below the best) flips
+    the sign of the direction threshold.  Member 3 (cos +0.02) passes the direction
+    test; on probation it is excluded, while member 4 on probation with an honest
+    alignment (+0.2) is kept."""
+    rng = np.random.default_rng(5)
+    ref = np.rint(rng.standard_normal(ROWS) * 1000).astype(np.int64)
+    z = [_toward(ref, 0.2, rng) for _ in range(8)]
+    z[3] = _toward(ref, 0.02, rng)
+    sc = scores(z, ref)
+    rn = int(ref @ ref)
+    full = dict.fromkeys(sc, 1e14)
+    assert decide_exclusions(sc, bounds2=full, ref_norm2=rn, params=P) == {}
+    low = {**full, 3: 0.16e14, 4: 0.16e14}  # weight factor ~0.4
+    out = decide_exclusions(sc, bounds2=low, ref_norm2=rn, params=P)
+    assert set(out) == {3} and reason_code(out[3]) == "probation"
+    c3 = cosine(sc[3].dot or 0, sc[3].norm, rn)
+    assert 0.0 < c3 < 0.05 and "threshold +0.050, bound 0.40 of the group's largest" in out[3]
+    # everyone equally weak (e.g. newcomers of an open federation): nobody is on probation
+    assert decide_exclusions(sc, bounds2=dict.fromkeys(sc, 0.16e14), ref_norm2=rn, params=P) == {}
+    # without a reference there is nothing to point with: the rule is off
+    assert decide_exclusions(scores(z, None), bounds2=low, ref_norm2=None, params=P) == {}
+
+
+def test_a_group_that_agrees_with_the_reference_excludes_any_member_against_it() -> None:
+    """Rule 6 with ``direction_agree``: median cos >= 0.3 makes the threshold 0, so a
+    member at cos -0.03 (inside the -0.1 margin of a less aligned group) is excluded."""
+    rng = np.random.default_rng(6)
+    ref = np.rint(rng.standard_normal(ROWS) * 1000).astype(np.int64)
+    rn = int(ref @ ref)
+    bounds = dict.fromkeys(range(8), 1e14)
+    for agree, median in ((True, 0.5), (False, 0.2)):
+        z = [_toward(ref, median, rng) for _ in range(8)]
+        z[2] = _toward(ref, -0.03, rng)
+        sc = scores(z, ref)
+        c2 = cosine(sc[2].dot or 0, sc[2].norm, rn)
+        assert -0.05 < c2 < 0.0
+        out = decide_exclusions(sc, bounds2=bounds, ref_norm2=rn, params=P)
+        assert out == ({2: out[2]} if agree else {})
+        if agree:
+            assert reason_code(out[2]) == "direction" and "threshold +0.000" in out[2]
+    off = Detection(enabled=True, direction_agree=1.0)
+    z = [_toward(ref, 0.5, rng) for _ in range(8)]
+    z[2] = _toward(ref, -0.03, rng)
+    assert decide_exclusions(scores(z, ref), bounds2=bounds, ref_norm2=rn, params=off) == {}

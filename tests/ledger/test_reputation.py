@@ -59,7 +59,7 @@ def test_scores_and_weights_are_bounded(chain: list[RecordBody]) -> None:
         assert 0.0 <= s.weight_factor(peer) <= 1.0
         assert 0.0 <= s.weight(peer) <= 1.0 + p.credit_priority
         x = s.get(peer)
-        assert x.alpha >= 0 and x.beta >= 0 and x.credits >= 0
+        assert x.alpha >= 0 and x.beta >= 0 and x.beta_soft >= 0 and x.credits >= 0
         if s.score(peer) < p.floor:
             assert s.weight(peer) == 0.0 == s.weight_factor(peer)
 
@@ -109,7 +109,7 @@ def _excluded_at(when: int, total: int) -> Standing:
     return standing(chain, FED)
 
 
-@pytest.mark.parametrize("total", [12, 30])
+@pytest.mark.parametrize("total", [30, 60])
 def test_old_evidence_matters_less(total: int) -> None:
     """The same exclusion hurts less the longer ago it was, and fades to the prior."""
     x = PEERS[0]
@@ -117,6 +117,57 @@ def test_old_evidence_matters_less(total: int) -> None:
     assert all(a > b for a, b in itertools.pairwise(scores))  # older -> higher
     p = FED.ledger
     assert scores[-1] < p.floor < scores[0] < 0.5
+
+
+def test_negative_evidence_is_forgotten_more_slowly() -> None:
+    """alpha decays by ``forgetting``, beta by ``negative_forgetting`` (exactly); a peer
+    excluded in rounds 0 and 1 (default weights) comes back above the floor after 14
+    rounds, where symmetric forgetting (0.95) would let it back after 6."""
+    x = PEERS[0]
+    p = FED.ledger
+    assert p.negative_forgetting > p.forgetting
+    chain = [body(0, PEERS[:6]), body(1, PEERS[:6], [GroupPlan(roles={x: "excl"})])]
+    chain += [body(r, []) for r in range(2, 12)]
+    s = standing(chain, FED)
+    a, b = 1.0, p.excluded
+    a *= p.forgetting
+    for _ in range(10):
+        a, b = a * p.forgetting, b * p.negative_forgetting
+    assert (s.get(x).alpha, s.get(x).beta) == (a, b)
+
+    def back_after(params: LedgerParams) -> int:
+        excl = [body(r, PEERS[:6], [GroupPlan(roles={x: "excl"})]) for r in range(2)]
+        st = standing(excl, FED, params)
+        k = 0
+        while st.score(x) < params.floor:
+            st, k = st.apply(body(st.height, [])), k + 1
+        return k
+
+    d = LedgerParams()  # the defaults (the test federation charges 4.0 per exclusion)
+    slow, sym = back_after(d), back_after(dataclasses.replace(d, negative_forgetting=d.forgetting))
+    assert (sym, slow) == (6, 14)
+
+
+def test_bad_luck_is_forgotten_at_the_usual_pace() -> None:
+    """Dropouts and failed groups (every member is charged, one lied) go to
+    ``beta_soft``, which decays by ``forgetting``, not ``negative_forgetting``."""
+    x, y = PEERS[:2]
+    p = FED.ledger
+    chain = [body(0, PEERS[:4], [GroupPlan("binding")]),
+             body(1, PEERS[:4], [GroupPlan(roles={x: "drop", y: "excl"})])]
+    chain += [body(r, []) for r in range(2, 8)]
+    s = standing(chain, FED)
+    soft = p.failed_group
+    soft *= p.forgetting
+    soft += p.dropout
+    for _ in range(6):
+        soft *= p.forgetting
+    assert (s.get(x).beta, s.get(x).beta_soft) == (0.0, soft)
+    hard = p.excluded
+    for _ in range(6):
+        hard *= p.negative_forgetting
+    assert s.get(y).beta == hard and s.get(y).failed_groups == 1
+    assert s.score(x) > s.score(y)
 
 
 def test_exclusion_evidence_weights_rank_offences() -> None:
@@ -205,7 +256,7 @@ def test_params_are_validated_and_round_trip() -> None:
         LedgerParams.from_dict({"flor": 0.1})
     with pytest.raises(ConfigError, match=r"ledger\.floor: must be"):
         LedgerParams.from_dict({"floor": 2})
-    for bad in ({"forgetting": 0.0}, {"floor": 1.0}, {"excluded": -1.0}, {"enforce_floor": 1},
+    for bad in ({"forgetting": 0.0}, {"negative_forgetting": 1.5}, {"floor": 1.0}, {"excluded": -1.0}, {"enforce_floor": 1},
                 {"evidence_window": 0}, {"full_weight_at": 2.0}, {"accepted": float("nan")}):
         with pytest.raises(ValueError, match=r"ledger\."):
             LedgerParams(**bad)

@@ -83,3 +83,30 @@ def test_open_membership_caps_newcomers_then_lifts_the_cap() -> None:
     weights = [set(m["weight"].values()) for m in s.metrics]
     assert weights[0] == {0.25} and weights[3] == {0.25}
     assert weights[5] == {1.0}
+
+
+def test_detection_stats_counts_peers_kept_out_by_the_floor_separately() -> None:
+    """detection_rate counts present peers only; kept_out_rate adds the malicious
+    peers that the previous round's weights left out (weight factor 0, not present)
+    and leaves dropped ones (present, contributed nothing) out of both sides."""
+    from p2pfl.sim._report import detection_stats
+
+    def m(present: list[str], excluded: list[str], weight: dict[str, float],
+          dropped: tuple[str, ...] = ()) -> dict[str, object]:
+        return {"in_results": present, "excluded": excluded, "weight": weight,
+                "dropped": list(dropped)}
+
+    metrics = [
+        m(["a", "b", "h"], ["a", "b"], {"a": 0.0, "b": 0.4, "h": 1.0}),  # both caught
+        m(["b", "h"], [], {"a": 0.0, "b": 1.0, "h": 1.0}),  # a kept out, b slips through
+        m(["b", "h"], ["b"], {"a": 0.0, "b": 0.0, "h": 1.0}),  # a kept out, b caught
+        m(["h"], [], {"a": 0.0, "b": 0.0, "h": 1.0}),  # both kept out
+        m(["a", "h"], [], {"a": 0.0, "b": 0.0, "h": 1.0}, ("a",)),  # a dropped, b kept out
+    ]
+    d = detection_stats(metrics, {"a", "b"})
+    assert (d["malicious_excluded"], d["malicious_present"]) == (3, 5)
+    assert d["detection_rate"] == 3 / 5
+    assert (d["malicious_kept_out"], d["malicious_dropped"], d["malicious_included"]) == (5, 1, 1)
+    assert d["kept_out_rate"] == (3 + 5) / (3 + 5 + 1)
+    assert [r["malicious_kept_out"] for r in d["by_round"]] == [0, 1, 1, 2, 1]
+    assert detection_stats([m(["h"], [], {})], set())["kept_out_rate"] is None
