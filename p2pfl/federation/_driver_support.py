@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Protocol
+from typing import Annotated, Final, Protocol
 
-from p2pfl.wire import MaxLen, PeerId, Range, message
+from p2pfl.errors import LocalProtocolError
+from p2pfl.wire import MaxLen, PeerId, Range, decode, encode, message
 
 from .aggregation import AggregationContext, AggregationEvent, Contribution, GroupSumReady
 from .config import Federation
 from .events import GroupResolved, Misbehaviour, Outgoing, RoundCompleted, RoundFailed
-from .messages import SignedGroupAbort, SignedGroupResult
+from .messages import SignedGroupAbort, SignedGroupResult, StateRequest
 from .schedule import RoundSchedule
 from .state import GlobalState
+from .sync import answer_state_request
 
 Item = tuple[PeerId, object]
 
 __all__ = [
     "Buffer",
+    "DecodeMemo",
     "DriverEvent",
     "DriverStatistics",
     "Item",
@@ -30,9 +36,12 @@ __all__ = [
     "SyncStarted",
     "Synced",
     "TrainingFinished",
+    "bounded_answer",
     "federation_topic",
     "signer_of",
 ]
+
+ANSWER_MAX: Final = (1 << 20) - (16 << 10)  # an answer fits the overlay's 1 MiB direct cap
 
 
 @message(0x0510)
@@ -147,6 +156,113 @@ class Buffer:
             self.n -= len(items)
             out += items if k == r else []
         return out
+
+
+class DecodeMemo:
+    """Decoded broadcast payloads by a hash of their bytes: a bounded, thread-safe memo.
+
+    Every peer that receives a broadcast decodes the same bytes into the same value; in
+    a simulation of N peers in one process, N times.  :meth:`decode` decodes each
+    distinct payload once and hands every caller the same object.  That is sound only
+    for immutable values, so only the classes in ``shared`` are remembered: frozen
+    dataclasses of bytes, ints, tuples, peer ids and numpy arrays that the codec builds
+    read-only over immutable ``bytes`` (they cannot be made writeable).  The key is
+    BLAKE2b-256 of the whole payload, so a changed byte is a different entry; a payload
+    that does not decode raises every time and is never remembered.  The payload object
+    itself is held too, so the very same ``bytes`` object (the overlay hands every peer
+    of a process the same one) is found by identity, without hashing it again.
+    """
+
+    def __init__(self, shared: tuple[type, ...], *, max_items: int = 4096,
+                 max_bytes: int = 64 << 20) -> None:
+        self._shared = shared
+        self._max_items, self._max_bytes = max_items, max_bytes
+        self._items: OrderedDict[bytes, tuple[object, bytes]] = OrderedDict()
+        self._ids: dict[int, tuple[bytes, object]] = {}  # id(payload) -> (payload, msg)
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def decode(self, payload: bytes) -> object:
+        """:func:`p2pfl.wire.decode` of ``payload`` (the remembered object when the
+        same bytes were decoded before). Raises :class:`RemoteProtocolError`."""
+        with self._lock:  # the very payload object seen before: no hashing at all
+            e = self._ids.get(id(payload))
+            if e is not None and e[0] is payload:
+                self.hits += 1
+                return e[1]
+        key = hashlib.blake2b(payload, digest_size=32, person=b"p2pfl/decodememo").digest()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return hit[0]
+            self.misses += 1
+        msg = decode(payload)
+        if isinstance(msg, self._shared):
+            with self._lock:
+                if key not in self._items:
+                    self._items[key] = (msg, payload)
+                    self._ids[id(payload)] = (payload, msg)
+                    self._bytes += len(payload)
+                while self._items and (len(self._items) > self._max_items
+                                       or self._bytes > self._max_bytes):
+                    _, (_, old) = self._items.popitem(last=False)
+                    self._bytes -= len(old)
+                    if (o := self._ids.get(id(old))) is not None and o[0] is old:
+                        del self._ids[id(old)]
+        return msg
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._ids.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+
+def result_size_bound(msg: SignedGroupResult) -> int:
+    """An upper bound of ``len(encode(msg))`` that costs no encoding."""
+    b = msg.body
+    peers = len(b.included) + len(b.dropped) + len(b.excluded)
+    reasons = sum(4 * len(r) + 8 for _, r in b.excluded)  # UTF-8: at most 4 bytes a char
+    return 512 + b.update_sum.nbytes + 48 * peers + reasons + 128 * len(msg.endorsements)
+
+
+def bounded_answer(federation: Federation, request: StateRequest, state: GlobalState | None,
+                   results: Sequence[SignedGroupResult], aborts: Sequence[SignedGroupAbort],
+                   max_bytes: int = ANSWER_MAX) -> bytes:
+    """The encoded :func:`~p2pfl.federation.sync.answer_state_request`, at most
+    ``max_bytes`` long: when the snapshot, the aborts and every result do not fit, the
+    results that fit, taken in group order from a point the request's (random) nonce
+    picks -- so a requester that pulls again, from another peer, gets other ones.
+    (With a full cohort of 1000 peers a round has 100 results of ~40 kB each: 4 MB,
+    which no direct message carries.)
+
+    Raises :class:`LocalProtocolError` when not even the snapshot and aborts fit, and
+    :class:`RemoteProtocolError` for a request of another federation.
+    """
+    head = encode(answer_state_request(federation, request, state, (), aborts))
+    if state is None or not results:
+        return head
+    sizes = [result_size_bound(m) for m in results]
+    room = max_bytes - len(head)
+    if sum(sizes) <= room:
+        picked = list(results)
+    else:
+        start = int.from_bytes(request.nonce[:4].ljust(4, b"\0"), "little") % len(results)
+        order = [*range(start, len(results)), *range(start)]
+        chosen = []
+        for i in order:
+            if sizes[i] <= room:
+                chosen.append(i)
+                room -= sizes[i]
+        picked = [results[i] for i in sorted(chosen)]
+    data = encode(answer_state_request(federation, request, state, picked, aborts))
+    if len(data) > max_bytes:  # a bound was wrong: never send what cannot be sent
+        raise LocalProtocolError(f"state answer of {len(data)} bytes exceeds {max_bytes}")
+    return data
 
 
 def signer_of(msg: object) -> PeerId | None:

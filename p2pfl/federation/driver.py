@@ -56,9 +56,12 @@ was issued before still leaves).  :class:`Presence` (tag 0x0510) lets peers lear
 other's addresses (and, in an open federation, keys).  Open federation: published once we
 have a neighbour and every ``presence_interval`` s (the live view is the cohort's
 candidate list).  Permissioned (keys from the member list): published only at the start
-of a round in which we are in the cohort, at most once per ``presence_interval`` -- N
-peers announcing to N peers is O(N^2) messages, and only cohort members need to be
-reached directly.
+of a round in which we are an *aggregator* of our group, at most once per
+``presence_interval`` -- N peers announcing to N peers is O(N^2) messages (with a full
+cohort of 1000 peers, 2.2 million deliveries: most of round 0), and only aggregators
+must be reachable by address: group traffic is a star (a member writes to its
+aggregators first -- keys, inputs, signatures -- and an aggregator writes to a member
+only after hearing from it, over the link the member opened).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ from p2pfl.wire import PeerId, decode, encode
 
 from ._driver_support import (
     Buffer,
+    DecodeMemo,
     DriverEvent,
     DriverStatistics,
     Item,
@@ -93,6 +97,7 @@ from ._driver_support import (
     Synced,
     SyncStarted,
     TrainingFinished,
+    bounded_answer,
     federation_topic,
     signer_of,
 )
@@ -121,7 +126,7 @@ from .results import OutOfSync
 from .round import RoundMachine, RoundState
 from .schedule import NO_LEDGER, RoundSchedule, schedule_round
 from .state import GlobalState
-from .sync import CatchUp, CaughtUp, answer_state_request, attested_state
+from .sync import CatchUp, CaughtUp, attested_state
 
 if TYPE_CHECKING:
     from p2pfl.overlay import Overlay
@@ -137,6 +142,8 @@ _RECENT_MAX: Final = 256  # broadcasts kept per recent round (replay after a cor
 _HISTORY: Final = 4  # rounds whose base state we can serve to joiners
 _RETRIES: Final = (0.25, 0.5, 1.0, 2.0, 4.0)  # waits before re-sending to an unreachable peer
 _STATE_REQUEST_INTERVAL: Final = 1.0  # at most one answered StateRequest per peer per second
+# broadcasts are decoded once per process (immutable values; see DecodeMemo)
+_BROADCASTS: Final = DecodeMemo((SignedGroupResult, SignedGroupAbort, Presence))
 
 Trainer = Callable[[TrainRequested], tuple[np.ndarray, int]]  # → (w_local − w_global, n)
 FaultHook = Callable[[str, int], bool]  # fault(stage, round); True halts the driver
@@ -431,7 +438,7 @@ class FederationDriver:
         self._stats.messages_received += 1
         self._stats.bytes_received += len(payload)
         try:
-            msg = decode(payload)
+            msg = _BROADCASTS.decode(payload) if broadcast else decode(payload)
         except RemoteProtocolError as e:
             self._offence(origin, f"undecodable federation message: {e}")
             return
@@ -495,7 +502,7 @@ class FederationDriver:
             self._informants.move_to_end(origin)
             if len(self._informants) > 16:
                 self._informants.popitem(last=False)
-            self._maybe_pull(current, now)
+            self._pull_soon(now)
             if isinstance(msg, SignedGroupResult) and attested_state(self.federation, msg):
                 if r >= current + 2:
                     self._begin_sync(f"heard an attested result of round {r}")
@@ -515,14 +522,27 @@ class FederationDriver:
         self._stats.buffered += ok
         self._stats.dropped += not ok
 
-    def _maybe_pull(self, r: int, now: float) -> None:
-        """Ask two peers not asked yet what they know of round ``r`` (at most once per
-        ``timeouts.sign``): first those that spoke of later rounds, then neighbours."""
-        if self._rm is None or self._rm.round != r or self._rm.finished:
+    def _pull_soon(self, now: float) -> None:
+        """Others are in a later round: pull ``timeouts.sign`` from now unless our round
+        ends first.  Not at once: at a round's end peers move on a few latencies apart,
+        and the stragglers are about to receive what they lack anyway -- pulling at once
+        made every peer of a large federation fetch every result twice (answers of up
+        to 1 MiB each)."""
+        if self._rm is None or self._rm.finished:
             return
+        at = now + self.federation.timeouts.sign
+        if self._pull_at is None or at < self._pull_at:
+            self._pull_at = at  # the caller's _flush moves the timer
+
+    def _maybe_pull(self, r: int, now: float) -> bool:
+        """Ask two peers not asked yet what they know of round ``r`` (at most once per
+        ``timeouts.sign``): first those that spoke of later rounds, then neighbours.
+        Returns whether a request went out."""
+        if self._rm is None or self._rm.round != r or self._rm.finished:
+            return False
         last, asked = self._pulled.get(r, (-math.inf, set()))
         if now - last < self.federation.timeouts.sign:
-            return
+            return False
         self._pulled = {k: v for k, v in self._pulled.items() if k >= r - 1}
         self._stats.pulls += 1
         peers = [*reversed(self._informants), *self._overlay.neighbors(),
@@ -535,6 +555,7 @@ class FederationDriver:
             self._put(Out(peer, encode(StateRequest(self.federation.id, r, nonce)), -1))
         while len(self._pulls) > 64:
             self._pulls.pop(next(iter(self._pulls)))
+        return bool(fresh)
 
     def _on_pulled(self, origin: PeerId, msg: StateResponse, now: float) -> None:
         peer, r = self._pulls.pop(msg.nonce)
@@ -566,8 +587,8 @@ class FederationDriver:
             self._served.clear()
         self._served[origin] = now
         base, rm = self._history.get(req.round, (None, None))
-        outcomes = rm.outcomes() if rm is not None else ((), ())
-        self._put(Out(origin, encode(answer_state_request(self.federation, req, base, *outcomes)), -1))
+        results, aborts = rm.outcomes() if rm is not None else ((), ())
+        self._put(Out(origin, bounded_answer(self.federation, req, base, results, aborts), -1))
 
     def _on_timer(self) -> None:
         if self._halted:
@@ -680,8 +701,10 @@ class FederationDriver:
         t = self.federation.timeouts
         behind = first or self._ahead > state.round
         self._pull_at = now + (t.sign if behind else max(t.round - t.sign, t.round / 2))
-        in_cohort = sched.group_of(self.me) is not None
-        if in_cohort and self._lazy_presence and (
+        group = sched.group_of(self.me)
+        in_cohort = group is not None
+        aggregator = group is not None and group.rank(self.me) is not None
+        if aggregator and self._lazy_presence and (
                 now - self._announced_at >= self._presence_interval
                 if self._presence_interval > 0 else self._announced_at == -math.inf):
             self._announced_at = now  # before our first direct message of the round
@@ -695,8 +718,11 @@ class FederationDriver:
             if self._halted:
                 return
         rm.start(now)
-        if behind:  # (re)started or late: fetch what was published before we came
-            self._maybe_pull(state.round, now)
+        # (re)started or late: fetch what was published before we came; what comes
+        # later arrives by gossip, so the next pull is the last call -- unless nobody
+        # could be asked yet (a restarted peer without neighbours): then soon again
+        if behind and self._maybe_pull(state.round, now):
+            self._pull_at = now + max(t.round - t.sign, t.round / 2)
         self._flush()
 
     def _late_result(self, origin: PeerId, msg: SignedGroupResult, now: float) -> None:

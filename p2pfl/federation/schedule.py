@@ -30,6 +30,14 @@ inputs all honest peers share, and gets the same answer bit for bit.
 * A group's ``members`` are kept sorted by peer id: that is the fixed order in which
   aggregators sum.  :attr:`RoundSchedule.digest` commits to the whole schedule; group
   results carry it, so peers with diverging inputs notice instead of forking silently.
+
+:func:`schedule_round` is a pure function of (federation, round, beacon, the set of
+candidates, their weights), and every peer of a round computes it (the ledger again
+when it verifies a record): a small process-wide memo keyed by a hash of exactly those
+inputs returns the same immutable :class:`RoundSchedule` to every caller, so N peers
+simulated in one process compute it once.  Keying on the inputs' content (the weights
+bit for bit, not the weight function) keeps it exact: differing inputs never share a
+schedule.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -63,6 +73,7 @@ __all__ = [
 NO_LEDGER: Final = bytes(32)
 BEACON_BYTES: Final = 32
 _WEIGHT_UNIT: Final = 2**32
+_MEMO_MAX: Final = 64  # schedules remembered (a few rounds x a few candidate sets)
 
 WeightFn = Callable[[PeerId], float]
 
@@ -226,6 +237,56 @@ class RoundSchedule:
         return self._by_peer.get(peer)
 
 
+class _ScheduleMemo:
+    """The last :data:`_MEMO_MAX` schedules by a hash of their full inputs (thread-safe)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._lock = threading.Lock()
+        self._items: OrderedDict[bytes, RoundSchedule] = OrderedDict()
+        self.capacity = capacity
+        self.hits = self.misses = 0
+
+    def get(self, key: bytes) -> RoundSchedule | None:
+        with self._lock:
+            sched = self._items.get(key)
+            if sched is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._items.move_to_end(key)
+            return sched
+
+    def put(self, key: bytes, sched: RoundSchedule) -> None:
+        with self._lock:
+            self._items[key] = sched
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.hits = self.misses = 0
+
+
+_memo = _ScheduleMemo(_MEMO_MAX)
+
+
+def _memo_key(federation_id: bytes, round: int, beacon: bytes, admitted: Sequence[PeerId],
+              weights: Sequence[float] | None) -> bytes:
+    """BLAKE2b-256 of every input the schedule depends on; ``admitted`` sorted."""
+    h = hashlib.blake2b(digest_size=32, person=b"p2pfl/sched-memo")
+    h.update(federation_id)
+    h.update(struct.pack("<QQ", round, len(admitted)))
+    h.update(beacon)
+    h.update(b"".join(p.raw for p in admitted))
+    if weights is None:
+        h.update(b"uniform")
+    else:
+        h.update(b"weighted")
+        h.update(struct.pack(f"<{len(weights)}d", *weights))
+    return h.digest()
+
+
 def schedule_round(
     federation: Federation,
     round: int,
@@ -236,14 +297,32 @@ def schedule_round(
     """The schedule of ``round``: cohort, groups and aggregators.
 
     ``candidates`` are filtered by the membership policy (a permissioned federation
-    never schedules an unlisted peer). Raises ``ValueError`` for a malformed beacon,
-    negative round, or a bad weight.
+    never schedules an unlisted peer). Equal inputs return the same (immutable)
+    schedule object (see the module docstring). Raises ``ValueError`` for a
+    malformed beacon, negative round, or a bad weight.
     """
     if len(beacon) != BEACON_BYTES:
         raise ValueError(f"beacon must be {BEACON_BYTES} bytes")
     if round < 0:
         raise ValueError(f"round must be >= 0, got {round}")
-    admitted = [p for p in set(candidates) if federation.membership.admits(p)]
+    admitted = sorted({p for p in candidates if federation.membership.admits(p)})
+    weights: list[float] | None = None
+    if weight is not None:
+        weights = [weight(p) for p in admitted]
+        if not all(type(w) in (int, float) and math.isfinite(w) and w >= 0 for w in weights):
+            # select_cohort names the bad weight
+            return _schedule(federation, round, beacon, admitted, weight)
+    key = _memo_key(federation.id, round, beacon, admitted, weights)
+    sched = _memo.get(key)
+    if sched is None:
+        fixed = None if weights is None else dict(zip(admitted, weights, strict=True)).__getitem__
+        sched = _schedule(federation, round, beacon, admitted, fixed)
+        _memo.put(key, sched)
+    return sched
+
+
+def _schedule(federation: Federation, round: int, beacon: bytes, admitted: list[PeerId],
+              weight: WeightFn | None) -> RoundSchedule:
     c = federation.cohort
     cohort = select_cohort(beacon, admitted, c.size, weight)
     order = sorted(cohort, key=lambda p: _key(beacon, b"group", p))
@@ -251,5 +330,6 @@ def schedule_round(
         Group(i, tuple(sorted(members)), aggregator_order(beacon, i, members, c.aggregators))
         for i, members in enumerate(split_groups(order, c.group_size, c.min_group_size))
     )
-    in_groups = tuple(p for p in cohort if any(p in g for g in groups))
+    members = {p for g in groups for p in g.members}
+    in_groups = tuple(p for p in cohort if p in members)
     return RoundSchedule(round, beacon, in_groups, groups)

@@ -4,12 +4,25 @@ A peer *is* its identity key: its :class:`~p2pfl.wire.PeerId` is the BLAKE2b-160
 hash of the public key.  Key files hold the 32-byte private seed in a small CBOR
 record, are written atomically (temporary file, fsync, rename, fsync of the
 directory) with mode 0600, and are refused when group or others can read them.
+
+Verified signatures are remembered (:class:`SignatureCache`, as Bitcoin Core's
+signature cache): the same signature is checked many times -- a group result by every
+peer that receives it, again by the ledger that records it, and, in a simulation of N
+peers in one process, by all N of them.  Ed25519 verification is a deterministic
+function of (public key, domain, message, signature), so a success can be remembered
+under a collision-resistant hash of all four and answered again without the curve
+arithmetic.  Only successes are kept (a failure is recomputed, so nothing an attacker
+sends can fill the cache with verdicts), and the cache is bounded (oldest out first).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -23,7 +36,10 @@ __all__ = [
     "PUBLIC_KEY_BYTES",
     "SIGNATURE_BYTES",
     "Identity",
+    "SignatureCache",
+    "SignatureCacheStatistics",
     "atomic_write",
+    "signature_cache",
     "verify_signature",
 ]
 
@@ -125,14 +141,109 @@ class Identity:
         return f"Identity({self.peer_id})"
 
 
+@dataclass(frozen=True)
+class SignatureCacheStatistics:
+    """Counters of a :class:`SignatureCache` (:meth:`SignatureCache.statistics`)."""
+
+    size: int  # entries held
+    capacity: int
+    hits: int  # verifications answered from the cache
+    misses: int  # verifications computed (valid or not)
+
+
+class SignatureCache:
+    """A bounded set of (public key, domain, message, signature) that verified.
+
+    An entry is BLAKE2b-256 (personalized) of ``public key ‖ signature ‖ signed
+    bytes`` -- the exact bytes Ed25519 checked, which already separate domain and
+    message unambiguously, and fixed-length key and signature -- so an entry vouches
+    for one full input and for nothing else.  Only successes are added; the oldest
+    entry leaves first.  Thread-safe.  ``capacity`` 0 disables the cache.
+    """
+
+    def __init__(self, capacity: int = 1 << 17) -> None:
+        self._lock = threading.Lock()
+        self._keys: OrderedDict[bytes, None] = OrderedDict()
+        self._capacity = 0
+        self.hits = self.misses = 0
+        self.resize(capacity)
+
+    @staticmethod
+    def key(public_key: bytes, signature: bytes, signed: bytes) -> bytes:
+        h = hashlib.blake2b(public_key, digest_size=32, person=b"p2pfl/sigcache1")
+        h.update(signature)
+        h.update(signed)
+        return h.digest()
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._keys
+
+    def _lookup(self, key: bytes) -> bool:
+        with self._lock:
+            found = key in self._keys
+            if found:
+                self.hits += 1
+            else:
+                self.misses += 1
+            return found
+
+    @property
+    def enabled(self) -> bool:
+        return self._capacity > 0
+
+    def add(self, key: bytes) -> None:
+        """Remember a key of a signature that verified."""
+        if self._capacity <= 0:
+            return
+        with self._lock:
+            self._keys[key] = None
+            while len(self._keys) > self._capacity:
+                self._keys.popitem(last=False)
+
+    def resize(self, capacity: int) -> None:
+        """Keep at most ``capacity`` entries from now on (0: off). Raises ``ValueError``
+        for a negative capacity."""
+        if capacity < 0:
+            raise ValueError(f"signature cache capacity must be >= 0, got {capacity}")
+        with self._lock:
+            self._capacity = capacity
+            while len(self._keys) > capacity:
+                self._keys.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._keys.clear()
+            self.hits = self.misses = 0
+
+    def statistics(self) -> SignatureCacheStatistics:
+        with self._lock:
+            return SignatureCacheStatistics(len(self._keys), self._capacity, self.hits, self.misses)
+
+
+signature_cache = SignatureCache()
+"""The process-wide cache :func:`verify_signature` uses (see the module docstring)."""
+
+
 def verify_signature(public_key: bytes, domain: bytes, data: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is a valid Ed25519 signature of ``data`` for ``domain``."""
+    """True when ``signature`` is a valid Ed25519 signature of ``data`` for ``domain``.
+
+    A success is remembered in :data:`signature_cache`; asking again for the same four
+    inputs is answered from there.
+    """
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
     try:
-        nacl.signing.VerifyKey(public_key).verify(_signed_bytes(domain, data), signature)
+        signed = _signed_bytes(domain, data)
+        cache = signature_cache
+        key = cache.key(public_key, signature, signed) if cache.enabled else b""
+        if key and cache._lookup(key):
+            return True
+        nacl.signing.VerifyKey(public_key).verify(signed, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError, ValueError, TypeError):
         return False
+    if key:
+        cache.add(key)
     return True
 
 

@@ -35,6 +35,10 @@ deeper than ``evidence_window`` records are ignored (``STALE``).
 
 The standing before any height is rebuilt from a checkpoint kept every
 ``_CHECKPOINT_EVERY`` records by replaying bodies (no signature checks).
+
+Building, verifying and applying a record, and the cohort weights, go through the
+process-wide :data:`p2pfl.ledger._memo.memo`: pure functions of their full inputs,
+computed once however many ledgers of the process (a simulation's peers) ask.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from p2pfl.federation import (
 from p2pfl.wire import PeerId, encode
 
 from ._build import build_record, proof_id, state_digest
+from ._memo import Verified, memo
 from ._messages import (
     MAX_PAGE,
     EquivocationProof,
@@ -213,7 +218,7 @@ class Ledger:
 
     def weight(self, peer: PeerId) -> float:
         """Cohort selection weight: ``schedule_round(..., weight=ledger.weight)``."""
-        return self._standing.weight(peer)
+        return memo.weight(self._standing, peer)
 
     def weight_factor(self, peer: PeerId) -> float:
         """Aggregation weight factor: ``RoundMachine(..., weight_factor=...)``."""
@@ -249,8 +254,12 @@ class Ledger:
                     and not self._standing.charged(p.items[0].header.round,
                                                    p.items[0].header.group,
                                                    p.items[0].endorsement.signer)]
-        rec = build_record(completed, schedule, prev=self.head, aborts=aborts, evidence=evidence)
-        self._own[r] = rec.hash
+        aborts = tuple(aborts)
+        prev = self.head
+        key = memo.build_key(completed, schedule, prev, aborts, evidence, self.params)
+        rec = memo.built(key, lambda: build_record(completed, schedule, prev=prev, aborts=aborts,
+                                                   evidence=evidence))
+        self._own[r] = memo.record_hash(rec)
         for k in [k for k in self._own if k <= r - window]:
             del self._own[k]
         return rec
@@ -266,12 +275,19 @@ class Ledger:
 
     def _extend(self, rec: Record, sender: PeerId | None) -> None:
         prev = self._records[-1].body if self._records else None
-        v = verify_record(rec, self.federation, self._standing, prev, sender)
+        standing = self._standing
+
+        def verify() -> Verified:
+            v = verify_record(rec, self.federation, standing, prev, sender)
+            return Verified(rec, v.hash, v.signatures, v.schedule,
+                            standing.apply(rec.body, v.schedule))
+
+        v = memo.verified(self.federation.id, self.params, self.head, rec, verify)
         self._records.append(rec)
         self._hashes.append(v.hash)
         self._weights.append(v.signatures)
         self._schedules.append(v.schedule)
-        self._standing = self._standing.apply(rec.body, v.schedule)
+        self._standing = v.standing
         if self.height % _CHECKPOINT_EVERY == 0:
             self._checkpoints[self.height] = self._standing
         self._drop_charged()

@@ -24,14 +24,26 @@ The driver owns no protocol logic.  It does four things:
 Everything runs in one nursery owned by :func:`open_overlay`; leaving the
 ``async with`` block says DISCONNECT to every neighbour, closes every link and
 cancels the tasks.
+
+**Gossip frames** (the bulk of the traffic) go through a process-wide memo,
+:data:`_FRAMES`: ``GOSSIP(envelope, hops)`` is encoded once per (envelope object,
+hops) -- the envelope objects are shared by the peers of a process (see
+:mod:`p2pfl.overlay._plumtree`), so N simulated peers forwarding one publication encode
+it once per hop count, not N times, and the frames in flight are one object instead of
+N copies -- and a frame that *is* such an encoded object (same ``bytes`` object: the
+memory transport hands the sender's object to the receiver) decodes to the message it
+was encoded from, without parsing it again.  Both are exact: envelopes and ``bytes``
+are immutable and held by the memo, so an identity names one content; anything else
+(frames from a socket, other messages) is encoded and decoded as always.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -46,11 +58,66 @@ from p2pfl.wire import PeerId, decode, encode
 
 from ._config import OverlayConfig
 from ._events import DirectReceived, OverlayStatistics
+from ._messages import Gossip
 from ._plumtree import Delivered
 from ._protocol import OverlayProtocol
 from ._util import Close, Connect, Send
 
 __all__ = ["Overlay", "open_overlay"]
+
+
+class _Frames:
+    """Encoded gossip frames by (envelope identity, hops), and the message of each such
+    frame by the frame's identity (see the module docstring).  Bounded, thread-safe."""
+
+    def __init__(self, max_items: int = 8192, max_bytes: int = 128 << 20) -> None:
+        self._by_msg: OrderedDict[tuple[int, int], tuple[object, bytes]] = OrderedDict()
+        self._by_frame: dict[int, tuple[bytes, Gossip]] = {}
+        self._max_items, self._max_bytes, self._bytes = max_items, max_bytes, 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def encode(self, msg: object) -> bytes:
+        if type(msg) is not Gossip:
+            return encode(msg)
+        key = (id(msg.envelope), msg.hops)
+        with self._lock:
+            e = self._by_msg.get(key)
+            if e is not None and e[0] is msg.envelope:
+                self.hits += 1
+                return e[1]
+            self.misses += 1
+        data = encode(msg)
+        with self._lock:
+            if key not in self._by_msg:
+                self._by_msg[key] = (msg.envelope, data)
+                self._by_frame[id(data)] = (data, msg)
+                self._bytes += len(data)
+            while self._by_msg and (len(self._by_msg) > self._max_items
+                                    or self._bytes > self._max_bytes):
+                _, (_, old) = self._by_msg.popitem(last=False)
+                self._by_frame.pop(id(old), None)
+                self._bytes -= len(old)
+        return data
+
+    def decode(self, data: bytes, max_size: int) -> object:
+        """``decode(data, max_size=max_size)``. Raises :class:`RemoteProtocolError`."""
+        if len(data) <= max_size:
+            with self._lock:
+                e = self._by_frame.get(id(data))
+            if e is not None and e[0] is data:
+                return e[1]
+        return decode(data, max_size=max_size)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_msg.clear()
+            self._by_frame.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+
+_FRAMES = _Frames()
 
 @dataclass(eq=False)
 class _LinkState:
@@ -244,7 +311,7 @@ class Overlay:
                 if type(c) is Send:
                     data = cache.get(id(c.msg))
                     if data is None:
-                        data = cache[id(c.msg)] = encode(c.msg)
+                        data = cache[id(c.msg)] = _FRAMES.encode(c.msg)
                     self._send(c, data, now)
                 elif type(c) is Connect:
                     self.counters["dials"] += 1
@@ -408,7 +475,7 @@ class Overlay:
             st.last_used = now
             self.counters["bytes_received"] += len(data)
             try:
-                msg = decode(data, max_size=self._max_frame)
+                msg = _FRAMES.decode(data, self._max_frame)
             except RemoteProtocolError as e:
                 proto.receive_malformed(peer, e, now)
             else:

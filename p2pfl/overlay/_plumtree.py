@@ -33,6 +33,14 @@ clock, ± ``clock_skew``) are refused, so a replayed message can never be
 delivered twice.  Validation failures penalize the neighbour that sent the
 message -- an honest neighbour forwards only what it verified -- and the id is
 remembered as rejected so other copies cost no second verification.
+
+Checking the signature and decoding the body are pure functions of the envelope, which
+its message id names (a hash of all of it).  Every peer of a process shares one bounded
+memo, :data:`_OPENED`, of the envelopes that passed both, keyed by (signature domain,
+size limit, message id): the first copy is verified and decoded, every later copy of
+the same envelope -- at another simulated peer -- is answered with the same, immutable
+envelope and publication, so N peers of one process also *hold* one copy of a
+publication instead of N (their stores keep references).  Failures are never kept.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,9 +83,86 @@ _MAX_ORIGINS = 16384
 _MAX_SIGNERS = 1 << 16
 
 
+class _Opened:
+    """Envelopes that verified and decoded, by (domain, size limit, message id): a
+    bounded (count and bytes), thread-safe memo shared by the peers of a process."""
+
+    def __init__(self, max_items: int = 16384, max_bytes: int = 128 << 20) -> None:
+        self._items: OrderedDict[tuple[bytes, int, bytes], tuple[Signed, Publication]] = (
+            OrderedDict())
+        self._max_items, self._max_bytes, self._bytes = max_items, max_bytes, 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple[bytes, int, bytes]) -> tuple[Signed, Publication] | None:
+        with self._lock:
+            v = self._items.get(key)
+            if v is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._items.move_to_end(key)
+            return v
+
+    def put(self, key: tuple[bytes, int, bytes], env: Signed, body: Publication) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = (env, body)
+            self._bytes += len(env.body)
+            while self._items and (len(self._items) > self._max_items
+                                   or self._bytes > self._max_bytes):
+                _, (old, _) = self._items.popitem(last=False)
+                self._bytes -= len(old.body)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+            self.hits = self.misses = 0
+
+
+_OPENED = _Opened()
+
+
 def message_id(env: Signed) -> bytes:
-    """BLAKE2b-160 of the whole envelope."""
-    return hashlib.blake2b(env.signer + env.signature + env.body, digest_size=20).digest()
+    """BLAKE2b-160 of the whole envelope (computed once per envelope object)."""
+    e = _MIDS.get(id(env))
+    if e is not None and e[0] is env:
+        return e[1]
+    h = hashlib.blake2b(env.signer, digest_size=20)
+    h.update(env.signature)
+    h.update(env.body)
+    mid = h.digest()
+    _MIDS.put(id(env), env, mid)
+    return mid
+
+
+class _Mids:
+    """Message ids by envelope object, holding the (immutable) envelope so that its
+    identity cannot be reused meanwhile; bounded by count and bytes, thread-safe."""
+
+    def __init__(self, max_items: int = 4096, max_bytes: int = 32 << 20) -> None:
+        self._items: OrderedDict[int, tuple[Signed, bytes]] = OrderedDict()
+        self._max_items, self._max_bytes, self._bytes = max_items, max_bytes, 0
+        self._lock = threading.Lock()
+
+    def get(self, key: int) -> tuple[Signed, bytes] | None:
+        return self._items.get(key)
+
+    def put(self, key: int, env: Signed, mid: bytes) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = (env, mid)
+            self._bytes += len(env.body)
+            while self._items and (len(self._items) > self._max_items
+                                   or self._bytes > self._max_bytes):
+                _, (old, _) = self._items.popitem(last=False)
+                self._bytes -= len(old.body)
+
+
+_MIDS = _Mids()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,20 +312,35 @@ class Broadcast:
             if verdict:
                 self.penalize(sender, Offense.INVALID, now)
             return
-        body = self._validate(sender, env, mid, now)
-        if body is not None:
-            self._accept(sender, env, mid, body, min(msg.hops + 1, 255), now)
+        opened = self._validate(sender, env, mid, now)
+        if opened is not None:
+            self._accept(sender, opened[0], mid, opened[1], min(msg.hops + 1, 255), now)
 
-    def _validate(self, sender: PeerId, env: Signed, mid: bytes, now: float) -> Publication | None:
+    def _open(self, env: Signed, mid: bytes) -> tuple[Signed, Publication | None]:
+        """The envelope (the shared copy when one exists) and its verified, decoded
+        body, or None when the signature or the body is bad (see the module docstring)."""
         cfg = self.config
-        body: Publication | None = None
-        if len(env.body) <= cfg.max_payload + _BODY_OVERHEAD and verify_signature(
-            env.signer, cfg.gossip_domain, env.body, env.signature
-        ):
-            try:
-                body = decode_as(env.body, Publication, max_size=cfg.max_payload + _BODY_OVERHEAD)
-            except RemoteProtocolError:
-                body = None
+        limit = cfg.max_payload + _BODY_OVERHEAD
+        if len(env.body) > limit:
+            return env, None
+        key = (cfg.gossip_domain, limit, mid)
+        hit = _OPENED.get(key)
+        if hit is not None:
+            return hit
+        if not verify_signature(env.signer, cfg.gossip_domain, env.body, env.signature):
+            return env, None
+        try:
+            body = decode_as(env.body, Publication, max_size=limit)
+        except RemoteProtocolError:
+            return env, None
+        _OPENED.put(key, env, body)
+        return env, body
+
+    def _validate(self, sender: PeerId, env: Signed, mid: bytes,
+                  now: float) -> tuple[Signed, Publication] | None:
+        """The (shared) envelope and its body when the copy is valid and fresh."""
+        cfg = self.config
+        env, body = self._open(env, mid)
         if body is None or not (
             valid_topic(body.topic)
             and len(body.payload) <= cfg.max_payload
@@ -269,7 +370,7 @@ class Broadcast:
             if sender == origin:
                 self.penalize(sender, Offense.FLOOD, now)
             return None
-        return body
+        return env, body
 
     def _reject(self, mid: bytes, guilty: bool) -> None:
         self.rejected[mid] = guilty

@@ -152,3 +152,53 @@ def test_schedule_golden_vector() -> None:
 
 
 GOLDEN = "dcc883c08c47e0bd"
+
+
+def test_schedule_memo_shares_only_equal_inputs() -> None:
+    """Equal inputs give the same schedule object (one computation per process); any
+    changed input -- beacon, round, candidates, one weight, the federation -- a fresh,
+    correct one; the memo never changes a result."""
+    from p2pfl.federation import schedule as sched_mod
+
+    fed = make_federation(**{"cohort.size": 6, "cohort.group_size": 3})
+    peers = [_pid(i) for i in range(12)]
+    beacon = initial_beacon(fed.id)
+    weights = {p: 1.0 + (i % 3) for i, p in enumerate(peers)}
+
+    def fresh(f=fed, r=4, b=beacon, cands=peers, w=weights.get):  # type: ignore[no-untyped-def]
+        sched_mod._memo.clear()
+        return schedule_round(f, r, b, cands, w)
+
+    a = schedule_round(fed, 4, beacon, peers, weights.get)
+    assert schedule_round(fed, 4, beacon, list(reversed(peers)) + peers[:3], weights.get) is a
+    assert schedule_round(fed, 4, beacon, peers, dict(weights).get) is a  # same weights, new fn
+    assert a == fresh()
+    changed_weight = {**weights, peers[0]: 1.5}
+    other_fed = make_federation(name="other", **{"cohort.size": 6, "cohort.group_size": 3})
+    variants = [
+        (fed, 5, beacon, peers, weights.get),
+        (fed, 4, next_beacon(beacon, bytes(32)), peers, weights.get),
+        (fed, 4, beacon, peers[:-1], weights.get),
+        (fed, 4, beacon, peers, changed_weight.get),
+        (fed, 4, beacon, peers, None),
+        (other_fed, 4, beacon, peers, weights.get),
+    ]
+    for f, r, b, c, w in variants:
+        got = schedule_round(f, r, b, c, w)
+        assert got is not a
+        assert got == fresh(f, r, b, c, w)  # what an empty memo computes
+    # a bad weight still raises (never memoized)
+    with pytest.raises(ValueError):
+        schedule_round(fed, 4, beacon, peers, {**weights, peers[1]: -1.0}.get)
+    with pytest.raises(ValueError):
+        schedule_round(fed, 4, beacon, peers, {**weights, peers[1]: float("nan")}.get)
+
+
+def test_schedule_memo_is_bounded() -> None:
+    from p2pfl.federation import schedule as sched_mod
+
+    fed = make_federation(**{"cohort.size": 4, "cohort.group_size": 2})
+    peers = [_pid(i) for i in range(6)]
+    for r in range(sched_mod._MEMO_MAX + 10):
+        schedule_round(fed, r, initial_beacon(fed.id), peers)
+    assert len(sched_mod._memo._items) == sched_mod._MEMO_MAX

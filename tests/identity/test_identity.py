@@ -105,3 +105,66 @@ def test_envelope_round_trip_and_tamper() -> None:
     with pytest.raises(RemoteProtocolError, match="bad signature"):
         open_signed(swapped, domain=b"test")
     assert env.peer_id == PeerId.from_public_key(ident.public_key)
+
+
+# -- the signature cache ---------------------------------------------------------------
+
+
+def test_signature_cache_answers_repeats_and_never_a_changed_input() -> None:
+    from p2pfl.identity import signature_cache
+
+    ident = Identity.from_seed(b"\x05" * 32)
+    other = Identity.from_seed(b"\x06" * 32)
+    data = os.urandom(100)
+    sig = ident.sign(b"cache-test", data)
+    before = signature_cache.statistics()
+    assert verify_signature(ident.public_key, b"cache-test", data, sig)
+    assert verify_signature(ident.public_key, b"cache-test", data, sig)
+    after = signature_cache.statistics()
+    assert after.hits == before.hits + 1 and after.misses == before.misses + 1
+    # every changed input is a miss and fails, however often the valid one was cached
+    flipped = bytes([data[0] ^ 1]) + data[1:]
+    bad_sig = bytes([sig[0] ^ 1]) + sig[1:]
+    for _ in range(2):
+        assert not verify_signature(ident.public_key, b"cache-test", flipped, sig)
+        assert not verify_signature(ident.public_key, b"cache-tesT", data, sig)
+        assert not verify_signature(ident.public_key, b"cache-test", data, bad_sig)
+        assert not verify_signature(other.public_key, b"cache-test", data, sig)
+        assert not verify_signature(ident.public_key, b"cache-test", data + b"\x00", sig)
+        # domain and data are not confused by moving bytes between them
+        assert not verify_signature(ident.public_key, b"cache-tes", b"t\x00" + data, sig)
+    assert signature_cache.statistics().hits == after.hits  # failures are never cached
+
+
+def test_signature_cache_is_bounded_and_can_be_off() -> None:
+    from p2pfl.identity import SignatureCache
+
+    cache = SignatureCache(capacity=3)
+    keys = [SignatureCache.key(b"k" * 32, b"s" * 64, bytes([i])) for i in range(5)]
+    assert len(set(keys)) == 5
+    for k in keys:
+        cache.add(k)
+    assert cache.statistics().size == 3
+    assert keys[0] not in cache and keys[1] not in cache and keys[4] in cache  # oldest out
+    cache.resize(1)
+    assert cache.statistics().size == 1 and keys[4] in cache
+    cache.resize(0)
+    cache.add(keys[0])
+    assert not cache.enabled and cache.statistics().size == 0
+    with pytest.raises(ValueError):
+        cache.resize(-1)
+
+
+def test_verify_signature_without_cache_still_verifies() -> None:
+    from p2pfl.identity import signature_cache
+
+    ident = Identity.from_seed(b"\x08" * 32)
+    sig = ident.sign(b"d", b"x")
+    cap = signature_cache.statistics().capacity
+    signature_cache.resize(0)
+    try:
+        assert verify_signature(ident.public_key, b"d", b"x", sig)
+        assert not verify_signature(ident.public_key, b"d", b"y", sig)
+        assert signature_cache.statistics().size == 0
+    finally:
+        signature_cache.resize(cap)

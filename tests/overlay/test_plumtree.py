@@ -190,3 +190,27 @@ def test_neighbor_down_forgets_the_link() -> None:
     e.b.neighbor_down(N1, 0.0)
     e.b.publish("t", b"x", 0.0)
     assert {s.peer for s in e.sends()} == {N2, N3}
+
+
+def test_peers_of_a_process_share_opened_envelopes_but_never_a_tampered_one() -> None:
+    """The second peer to receive an envelope gets the first one's verified, decoded
+    copy (the same objects: one copy held per process); any changed byte is another
+    message id: verified afresh and refused, before and after the good one was seen."""
+    from p2pfl.overlay import _plumtree
+
+    good = envelope(ident(9), b"payload")
+    tampered = Signed(good.signer, good.body.replace(b"payload", b"PAYLOAD"), good.signature)
+    a, b, c = Env(), Env(), Env()
+    a.b.receive(N1, Gossip(tampered, 0), 0.0)
+    assert a.penalties == [(N1, Offense.INVALID)]
+    a.b.receive(N1, Gossip(good, 0), 0.0)
+    copy = Signed(bytes(bytearray(good.signer)), bytes(bytearray(good.body)),
+                  bytes(bytearray(good.signature)))
+    hits = _plumtree._OPENED.hits
+    b.b.receive(N2, Gossip(copy, 0), 0.0)
+    assert _plumtree._OPENED.hits == hits + 1
+    (da,), (db,) = a.delivered(), b.delivered()
+    assert da.payload is db.payload == b"payload"  # one object for both peers
+    assert b.b.store[db.msg_id].env is a.b.store[da.msg_id].env
+    c.b.receive(N3, Gossip(tampered, 0), 0.0)
+    assert c.penalties == [(N3, Offense.INVALID)] and not c.delivered()

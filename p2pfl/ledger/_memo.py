@@ -1,0 +1,248 @@
+"""Work every ledger of a process repeats, done once: records built, records verified.
+
+Theory of operation
+-------------------
+Every peer of a round builds the same record from the same group results and verifies
+it against the same chain: :func:`~p2pfl.ledger.build_record` and
+:func:`~p2pfl.ledger.verify_record` plus :meth:`Standing.apply` are pure functions of
+their inputs.  A simulation runs N ledgers in one process, so it would do that work N
+times per round -- with a full cohort of 1000 peers, 100 groups verified by 1000
+ledgers.  :class:`LedgerMemo` remembers the last few results, keyed so that a hit is
+exactly the value the function would return:
+
+* **built records** by a BLAKE2b-256 fingerprint of *every* input of
+  ``build_record``: the round record's fields, the strategy state's hash, the schedule
+  (digest, group indices, cohort), the chain head, each result's body digest and
+  endorsements (key ‖ signature), each abort's body digest and endorsement, each proof
+  id.  A result body's digest is :func:`~p2pfl.federation.messages.digest_of` (what its
+  endorsements sign); it is remembered per body *object* (holding a reference, so the
+  identity cannot be reused) only for bodies that cannot change: frozen messages whose
+  arrays are read-only (decoded from the wire, see :func:`frozen`);
+* **verifications** of one record *object* against one chain: keyed by (federation id,
+  ledger parameters, the head it extends, the record's identity), again only for
+  records whose arrays are read-only, and holding the record.  The value is the
+  record's hash, its signature count, its schedule and the standing after it (an
+  immutable :class:`~p2pfl.ledger.Standing`, shared by every ledger that holds the
+  same chain: the head commits to every body before it);
+* **weights** (``Standing.weight``, the cohort selection weight) per standing object.
+
+Only successes are remembered (a verification that raises is recomputed every time),
+the memo is bounded (oldest out) and thread-safe.  In a deployment each ledger holds
+one chain and every entry is used once: it costs a few dictionary entries.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any, Final, Generic, TypeVar
+
+import numpy as np
+
+from p2pfl.federation import RoundCompleted, RoundSchedule, SignedGroupAbort
+from p2pfl.federation.messages import ResultBody, digest_of
+from p2pfl.wire import PeerId
+
+from ._build import proof_id, strategy_hash
+from ._messages import EquivocationProof, Record
+from ._params import LedgerParams
+from ._reputation import Standing
+
+__all__ = ["LedgerMemo", "Verified", "frozen", "memo"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_MAX_ENTRIES: Final = 64
+_MAX_DIGESTS: Final = 4096
+_MAX_WEIGHTS: Final = 8
+
+
+def frozen(obj: object, _depth: int = 0) -> bool:
+    """True when ``obj`` cannot change: frozen dataclasses, tuples, scalars, bytes,
+    peer ids and numpy arrays that are not writeable (the codec's arrays are read-only
+    views of immutable ``bytes``).  Anything else -- a writeable array, a list, a dict,
+    an unknown object -- is not."""
+    if _depth > 16:
+        return False
+    if obj is None or isinstance(obj, bool | int | float | str | bytes | PeerId):
+        return True
+    if isinstance(obj, np.ndarray):
+        return not obj.flags.writeable
+    if isinstance(obj, tuple):
+        return all(frozen(x, _depth + 1) for x in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        params = getattr(type(obj), "__dataclass_params__", None)
+        if params is None or not params.frozen:
+            return False
+        return all(frozen(getattr(obj, f.name), _depth + 1) for f in dataclasses.fields(obj))
+    return False
+
+
+class _Lru(Generic[K, V]):
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            v = self._items.get(key)
+            if v is not None:
+                self._items.move_to_end(key)
+            return v
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Verified:
+    """What verifying and applying one record gave (see :meth:`LedgerMemo.verified`)."""
+
+    record: Record  # held: its identity is part of the key
+    hash: bytes
+    signatures: int
+    schedule: RoundSchedule
+    standing: Standing  # after the record
+
+
+class LedgerMemo:
+    """The process-wide memo of built and verified records (see the module docstring)."""
+
+    def __init__(self, capacity: int = _MAX_ENTRIES) -> None:
+        self._built: _Lru[bytes, Record] = _Lru(capacity)
+        self._verified: _Lru[tuple[bytes, LedgerParams, bytes, int], Verified] = _Lru(capacity)
+        self._digests: _Lru[int, tuple[ResultBody, bytes]] = _Lru(_MAX_DIGESTS)
+        self._hashes: _Lru[int, tuple[Record, bytes]] = _Lru(capacity)
+        self._weights: _Lru[int, tuple[Standing, dict[PeerId, float]]] = _Lru(_MAX_WEIGHTS)
+        self.hits = self.misses = 0
+
+    def clear(self) -> None:
+        for lru in (self._built, self._verified, self._digests, self._hashes, self._weights):
+            lru.clear()
+        self.hits = self.misses = 0
+
+    # -- digests of result bodies ----------------------------------------------------
+
+    def body_digest(self, body: ResultBody) -> bytes:
+        """``digest_of(body)``, computed once per immutable body object."""
+        e = self._digests.get(id(body))
+        if e is not None and e[0] is body:
+            return e[1]
+        d = digest_of(body)
+        if frozen(body):
+            self._digests.put(id(body), (body, d))
+        return d
+
+    def record_hash(self, record: Record) -> bytes:
+        """``record.hash``, computed once per immutable record object."""
+        e = self._hashes.get(id(record))
+        if e is not None and e[0] is record:
+            return e[1]
+        h = record.hash
+        if frozen(record):
+            self._hashes.put(id(record), (record, h))
+        return h
+
+    # -- building ----------------------------------------------------------------------
+
+    def build_key(self, completed: RoundCompleted, schedule: RoundSchedule, prev: bytes,
+                  aborts: Iterable[SignedGroupAbort], evidence: Iterable[EquivocationProof],
+                  params: LedgerParams) -> bytes:
+        """A fingerprint of every input of ``build_record`` (and of the ledger
+        parameters of the caller), see the module docstring."""
+        h = hashlib.blake2b(digest_size=32, person=b"p2pfl/ledgermemo")
+
+        def part(b: bytes) -> None:
+            h.update(struct.pack("<Q", len(b)))
+            h.update(b)
+
+        rec = completed.record
+        part(repr(params).encode())
+        part(completed.base.federation_id)
+        part(struct.pack("<Q", rec.round))
+        for b in (rec.beacon, rec.schedule, rec.base_state, rec.model_hash, prev,
+                  strategy_hash(completed.strategy_state), schedule.digest):
+            part(b)
+        part(struct.pack(f"<{len(schedule.groups)}Q", *(g.index for g in schedule.groups)))
+        part(b"".join(p.raw for p in schedule.cohort))
+        part(struct.pack("<Q", len(completed.results)))
+        for m in completed.results:
+            part(self.body_digest(m.body))
+            part(b"".join(e.public_key + e.signature for e in m.endorsements))
+        ab = list(aborts)
+        part(struct.pack("<Q", len(ab)))
+        for a in ab:
+            part(digest_of(a.body))
+            part(a.endorsement.public_key + a.endorsement.signature)
+        ev = list(evidence)
+        part(struct.pack("<Q", len(ev)))
+        for p in ev:
+            part(proof_id(p))
+        return h.digest()
+
+    def built(self, key: bytes, build: Callable[[], Record]) -> Record:
+        """The record built for ``key`` (``build()`` on a miss; kept when frozen)."""
+        rec = self._built.get(key)
+        if rec is not None:
+            self.hits += 1
+            return rec
+        self.misses += 1
+        rec = build()
+        if frozen(rec):
+            self._built.put(key, rec)
+        return rec
+
+    # -- verifying -----------------------------------------------------------------------
+
+    def verified(self, federation_id: bytes, params: LedgerParams, head: bytes, record: Record,
+                 verify: Callable[[], Verified]) -> Verified:
+        """The verification of ``record`` on top of the chain with head ``head``:
+        ``verify()`` on a miss (what it raises propagates and nothing is kept)."""
+        key = (federation_id, params, head, id(record))
+        v = self._verified.get(key)
+        if v is not None and v.record is record:
+            self.hits += 1
+            return v
+        self.misses += 1
+        v = verify()
+        if frozen(record):
+            self._verified.put(key, v)
+        return v
+
+    # -- weights -------------------------------------------------------------------------
+
+    def weight(self, standing: Standing, peer: PeerId) -> float:
+        """``standing.weight(peer)``, remembered per standing object (immutable)."""
+        e = self._weights.get(id(standing))
+        if e is None or e[0] is not standing:
+            e = (standing, {})
+            self._weights.put(id(standing), e)
+        w = e[1].get(peer)
+        if w is None:
+            w = e[1][peer] = standing.weight(peer)
+        return w
+
+    def statistics(self) -> dict[str, Any]:
+        return {"hits": self.hits, "misses": self.misses, "built": len(self._built),
+                "verified": len(self._verified), "digests": len(self._digests)}
+
+
+memo = LedgerMemo()
+"""The process-wide :class:`LedgerMemo` every :class:`~p2pfl.ledger.Ledger` uses."""
