@@ -19,13 +19,15 @@ the wrong channel or a :class:`RemoteProtocolError` from a machine is an *offenc
 sender is penalized); :class:`OutOfSync` is not: either side may be behind.
 
 ``RoundCompleted`` → ``next_state(ledger_head)``, a checkpoint, the next round at once.
-Agreement is repaired in three ways, cheapest first:
+Agreement is repaired in three ways, cheapest first (:mod:`._driver_repair`):
 
-1. *Pull*: a peer that (re)starts, hears of a later round, or whose round is still open
-   ``timeouts.sign`` before its deadline asks two neighbours for the round's results
-   and aborts (``StateRequest`` for its own round); a response for the same base state
-   goes to the machine, which verifies every signature.  This repairs broadcasts that
-   went out before the peer came back, or were lost.
+1. *Pull*: a peer that (re)starts, whose round is still open ``timeouts.sign`` after it
+   heard of a later round, or ``timeouts.sign`` before its deadline asks two neighbours
+   for the round's results and aborts (``StateRequest`` for its own round); a response
+   for the same base state goes to the machine, which verifies every signature.  This
+   repairs broadcasts that went out before the peer came back, or were lost.  An answer
+   carries what fits one direct message (1 MiB): with more results, a subset that the
+   request's nonce picks, so the next pull, to other peers, brings others.
 2. *Late result*: a valid result of the previous round that this peer did not use (its
    group missing or aborted at the deadline, or a better-ranked aggregator's) arriving
    before the current round's inputs are due re-evaluates that round as of its deadline;
@@ -83,6 +85,7 @@ from p2pfl.identity import Identity
 from p2pfl.overlay import DirectFailed, PeerUnreachable
 from p2pfl.wire import PeerId, decode, encode
 
+from ._driver_repair import DriverRepair
 from ._driver_support import (
     Buffer,
     DecodeMemo,
@@ -90,14 +93,12 @@ from ._driver_support import (
     DriverStatistics,
     Item,
     LedgerHooks,
-    Observer,
     Out,
     Presence,
     RoundStarted,
     Synced,
     SyncStarted,
     TrainingFinished,
-    bounded_answer,
     federation_topic,
     signer_of,
 )
@@ -118,7 +119,6 @@ from .messages import (
     SignedGroupResult,
     StateRequest,
     StateResponse,
-    digest_of,
     message_round,
 )
 from .plaintext import PlaintextAggregation
@@ -126,7 +126,7 @@ from .results import OutOfSync
 from .round import RoundMachine, RoundState
 from .schedule import NO_LEDGER, RoundSchedule, schedule_round
 from .state import GlobalState
-from .sync import CatchUp, CaughtUp, attested_state
+from .sync import CatchUp, attested_state
 
 if TYPE_CHECKING:
     from p2pfl.overlay import Overlay
@@ -141,7 +141,6 @@ _BUFFER_MAX: Final = 4096  # messages kept for rounds we have not started
 _RECENT_MAX: Final = 256  # broadcasts kept per recent round (replay after a correction)
 _HISTORY: Final = 4  # rounds whose base state we can serve to joiners
 _RETRIES: Final = (0.25, 0.5, 1.0, 2.0, 4.0)  # waits before re-sending to an unreachable peer
-_STATE_REQUEST_INTERVAL: Final = 1.0  # at most one answered StateRequest per peer per second
 # broadcasts are decoded once per process (immutable values; see DecodeMemo)
 _BROADCASTS: Final = DecodeMemo((SignedGroupResult, SignedGroupAbort, Presence))
 
@@ -149,7 +148,7 @@ Trainer = Callable[[TrainRequested], tuple[np.ndarray, int]]  # → (w_local −
 FaultHook = Callable[[str, int], bool]  # fault(stage, round); True halts the driver
 
 
-class FederationDriver:
+class FederationDriver(DriverRepair):
     """Runs the rounds of ``federation`` for ``identity`` over ``overlay`` (see the
     module docstring).  Start it with ``await nursery.start(driver.run)``.
 
@@ -228,6 +227,7 @@ class FederationDriver:
         self._buffer = Buffer(_BUFFER_MAX)
         self._recent: dict[int, list[Item]] = {}  # broadcasts of recent rounds
         self._served: dict[PeerId, float] = {}
+        self._reachable: dict[PeerId, trio.Event] = {}  # set by the peer's Presence
         self._halted = False
         self._queued = self._taken = self._halt_mark = 0
         self._out_send, self._out_recv = trio.open_memory_channel[Out](math.inf)
@@ -366,9 +366,16 @@ class FederationDriver:
         return True
 
     async def _retry(self, item: Out) -> None:
+        """Send again after each wait of :data:`_RETRIES` -- or as soon as the peer's
+        :class:`Presence` (its address) arrives -- then give up (``send_failed``)."""
         assert item.to is not None
         for wait in _RETRIES:
-            await trio.sleep(wait)
+            heard = self._reachable.setdefault(item.to, trio.Event())
+            with trio.move_on_after(wait):
+                await heard.wait()
+            if (not heard.statistics().tasks_waiting
+                    and self._reachable.get(item.to) is heard):  # nobody else waits on it
+                del self._reachable[item.to]
             stale = item.round >= 0 and self._rm is not None and self._rm.round != item.round
             if self._halted or stale or await self._send_direct(item):
                 return
@@ -456,8 +463,10 @@ class FederationDriver:
     def _dispatch(self, origin: PeerId, msg: object, broadcast: bool) -> None:
         now = trio.current_time()
         is_outcome = isinstance(msg, SignedGroupResult | SignedGroupAbort)
-        if broadcast and isinstance(msg, Presence):
-            return  # its purpose is served: the overlay learned the origin's address
+        if broadcast and isinstance(msg, Presence):  # the overlay learned the origin's address
+            if (heard := self._reachable.pop(origin, None)) is not None:
+                heard.set()  # what waits to be sent to it goes now
+            return
         if self._ledger is not None and not broadcast and self._ledger.handles(msg):
             self._ledger.receive(origin, msg, now)
             return
@@ -509,86 +518,11 @@ class FederationDriver:
                 elif self._behind_at is None:
                     self._behind_at = now + self.federation.timeouts.sign
 
-    def _maybe_behind(self, msg: object) -> None:
-        """An attested result of another state for our round: resync unless it ends soon."""
-        if (self._behind_at is None and self._catchup is None
-                and isinstance(msg, SignedGroupResult)
-                and attested_state(self.federation, msg) is not None):
-            self._behind_at = trio.current_time() + self.federation.timeouts.sign
-
     def _keep(self, r: int, origin: PeerId, msg: object) -> None:
         ok = (r <= self._state.round + 2 or self._catchup is not None) and self._buffer.add(
             r, (origin, msg))
         self._stats.buffered += ok
         self._stats.dropped += not ok
-
-    def _pull_soon(self, now: float) -> None:
-        """Others are in a later round: pull ``timeouts.sign`` from now unless our round
-        ends first.  Not at once: at a round's end peers move on a few latencies apart,
-        and the stragglers are about to receive what they lack anyway -- pulling at once
-        made every peer of a large federation fetch every result twice (answers of up
-        to 1 MiB each)."""
-        if self._rm is None or self._rm.finished:
-            return
-        at = now + self.federation.timeouts.sign
-        if self._pull_at is None or at < self._pull_at:
-            self._pull_at = at  # the caller's _flush moves the timer
-
-    def _maybe_pull(self, r: int, now: float) -> bool:
-        """Ask two peers not asked yet what they know of round ``r`` (at most once per
-        ``timeouts.sign``): first those that spoke of later rounds, then neighbours.
-        Returns whether a request went out."""
-        if self._rm is None or self._rm.round != r or self._rm.finished:
-            return False
-        last, asked = self._pulled.get(r, (-math.inf, set()))
-        if now - last < self.federation.timeouts.sign:
-            return False
-        self._pulled = {k: v for k, v in self._pulled.items() if k >= r - 1}
-        self._stats.pulls += 1
-        peers = [*reversed(self._informants), *self._overlay.neighbors(),
-                 *self._overlay.live_peers()]
-        fresh = [p for p in dict.fromkeys(peers) if p != self.me and p not in asked][:2]
-        self._pulled[r] = (now, asked | set(fresh))
-        for peer in fresh:
-            nonce = self._rng.random_bytes(16)
-            self._pulls[nonce] = (peer, r)
-            self._put(Out(peer, encode(StateRequest(self.federation.id, r, nonce)), -1))
-        while len(self._pulls) > 64:
-            self._pulls.pop(next(iter(self._pulls)))
-        return bool(fresh)
-
-    def _on_pulled(self, origin: PeerId, msg: StateResponse, now: float) -> None:
-        peer, r = self._pulls.pop(msg.nonce)
-        if origin != peer:
-            raise RemoteProtocolError("state response to a request sent elsewhere", peer=origin)
-        rm = self._rm
-        if msg.snapshot is None or rm is None or rm.round != r:
-            return
-        try:
-            digest = GlobalState.from_snapshot(msg.snapshot, self.federation.id).digest
-        except ValueError as e:
-            raise RemoteProtocolError(f"malformed state snapshot: {e}", peer=origin) from e
-        if digest != self._state.digest:
-            return  # another base state for this round: its results would not verify
-        for m in (*msg.results, *msg.aborts):
-            signer = signer_of(m)
-            if signer is not None and not rm.finished:
-                try:
-                    rm.receive(signer, m, now)
-                except OutOfSync:
-                    continue
-                except RemoteProtocolError as e:  # served something invalid
-                    raise RemoteProtocolError(f"served an invalid outcome: {e}", peer=origin) from e
-
-    def _answer(self, origin: PeerId, req: StateRequest, now: float) -> None:
-        if now - self._served.get(origin, -math.inf) < _STATE_REQUEST_INTERVAL:
-            return
-        if len(self._served) > 4096:
-            self._served.clear()
-        self._served[origin] = now
-        base, rm = self._history.get(req.round, (None, None))
-        results, aborts = rm.outcomes() if rm is not None else ((), ())
-        self._put(Out(origin, bounded_answer(self.federation, req, base, results, aborts), -1))
 
     def _on_timer(self) -> None:
         if self._halted:
@@ -725,56 +659,6 @@ class FederationDriver:
             self._pull_at = now + max(t.round - t.sign, t.round / 2)
         self._flush()
 
-    def _late_result(self, origin: PeerId, msg: SignedGroupResult, now: float) -> None:
-        """A result of the previous round: if we did not use it, re-evaluate that round
-        as of its deadline with everything known; a changed model restarts this round.
-        Only until this round's inputs are due (``timeouts.train``): later, switching
-        would cost the round, and a result that late is stale or withheld."""
-        entry = self._history.get(msg.body.round)
-        if entry is None or entry[1].result is None or now - self._started_at > (
-                self.federation.timeouts.train):
-            return  # too late to switch without losing this round
-        base, old = entry
-        results, aborts = old.outcomes()
-        digest = digest_of(msg.body)
-        if any(digest_of(m.body) == digest for m in results):
-            return
-        rm = self._machine(base, old.schedule, Observer)  # takes no part, says nothing
-        for m in (*results, *aborts):
-            if (s := signer_of(m)) is not None:
-                rm.receive(s, m, now)
-        rm.receive(origin, msg, now)
-        rm.start(now - self.federation.timeouts.round)  # its deadlines are all past
-        rm.handle_timer(now)
-        done = rm.result
-        if done is None or old.result is None or done.record.model_hash == old.result.record.model_hash:
-            return
-        log.info("%s: round %d corrected by a late result of group %d", self.me.short(),
-                 msg.body.round, msg.body.group)
-        self._stats.corrections += 1
-        self._history[msg.body.round] = (base, rm)
-        if self._ledger is not None:
-            self._ledger.record_round(done, old.schedule, rm.outcomes()[1], now)
-        self._emit(done)
-        self._start_round(done.next_state(self._ledger_head()))
-
-    def _begin_sync(self, reason: str) -> None:
-        now = trio.current_time()
-        self._stats.syncs += 1
-        log.info("%s: catching up (round %d): %s", self.me.short(), self._state.round, reason)
-        self._rm = self._behind_at = self._next_start = self._pull_at = None
-        self._sync_deadline = now + self.federation.timeouts.round
-        peers = [p for p in (*self._overlay.neighbors(), *self._overlay.live_peers()) if p != self.me]
-        cu = self._catchup = CatchUp(self.federation, peers, rng=self._rng)
-        self._emit(SyncStarted(self._state.round, reason))
-        heard = [item for r in sorted(self._recent) for item in self._recent[r]]
-        later = [item for r in sorted(self._buffer.by_round) for item in self._buffer.by_round[r]]
-        for sender, msg in heard + later:
-            if isinstance(msg, SignedGroupResult | SignedGroupAbort):
-                cu.receive(sender, msg, now)  # heard broadcasts never raise
-                if isinstance(msg, SignedGroupResult):  # aggregators hold the state
-                    cu.add_neighbour(sender, now)
-
     def _flush(self) -> None:
         """Drain the machines' outputs; act on their events; move the timer."""
         while not self._halted:
@@ -843,13 +727,6 @@ class FederationDriver:
             self._emit(ev)
         elif isinstance(ev, GroupResolved):
             self._emit(ev)
-
-    def _on_caught_up(self, caught: CaughtUp) -> None:
-        log.info("%s: caught up at round %d", self.me.short(), caught.state.round)
-        if self._ledger is not None:
-            self._ledger.behind(trio.current_time())
-        self._emit(Synced(caught.state))
-        self._start_round(caught.state, (*caught.results, *caught.aborts))
 
     # -- training ----------------------------------------------------------------------
 

@@ -271,20 +271,46 @@ class _ScheduleMemo:
 _memo = _ScheduleMemo(_MEMO_MAX)
 
 
-def _memo_key(federation_id: bytes, round: int, beacon: bytes, admitted: Sequence[PeerId],
+def _memo_key(federation_id: bytes, round: int, beacon: bytes, raws: bytes, n: int,
               weights: Sequence[float] | None) -> bytes:
-    """BLAKE2b-256 of every input the schedule depends on; ``admitted`` sorted."""
+    """BLAKE2b-256 of every input the schedule depends on; ``raws``: the admitted
+    candidates' ids, sorted and concatenated."""
     h = hashlib.blake2b(digest_size=32, person=b"p2pfl/sched-memo")
     h.update(federation_id)
-    h.update(struct.pack("<QQ", round, len(admitted)))
+    h.update(struct.pack("<QQ", round, n))
     h.update(beacon)
-    h.update(b"".join(p.raw for p in admitted))
+    h.update(raws)
     if weights is None:
         h.update(b"uniform")
     else:
         h.update(b"weighted")
         h.update(struct.pack(f"<{len(weights)}d", *weights))
     return h.digest()
+
+
+_ADMITTED: OrderedDict[int, tuple[object, bytes, tuple[PeerId, ...], bytes]] = OrderedDict()
+_ADMITTED_LOCK = threading.Lock()
+
+
+def _admitted(federation: Federation,
+              candidates: Iterable[PeerId]) -> tuple[tuple[PeerId, ...], bytes]:
+    """The admitted candidates, sorted, and their ids concatenated.  Remembered for an
+    immutable candidate collection (a tuple or frozenset, e.g. the member list every
+    peer of a process passes) by its identity, held so that it cannot be reused."""
+    frozen = type(candidates) in (tuple, frozenset)
+    if frozen:
+        e = _ADMITTED.get(id(candidates))
+        if e is not None and e[0] is candidates and e[1] == federation.id:
+            return e[2], e[3]
+    admitted = tuple(sorted({p for p in candidates if federation.membership.admits(p)},
+                            key=lambda p: p.raw))
+    raws = b"".join(p.raw for p in admitted)
+    if frozen:
+        with _ADMITTED_LOCK:
+            _ADMITTED[id(candidates)] = (candidates, federation.id, admitted, raws)
+            while len(_ADMITTED) > 8:
+                _ADMITTED.popitem(last=False)
+    return admitted, raws
 
 
 def schedule_round(
@@ -305,14 +331,14 @@ def schedule_round(
         raise ValueError(f"beacon must be {BEACON_BYTES} bytes")
     if round < 0:
         raise ValueError(f"round must be >= 0, got {round}")
-    admitted = sorted({p for p in candidates if federation.membership.admits(p)})
+    admitted, raws = _admitted(federation, candidates)
     weights: list[float] | None = None
     if weight is not None:
         weights = [weight(p) for p in admitted]
         if not all(type(w) in (int, float) and math.isfinite(w) and w >= 0 for w in weights):
             # select_cohort names the bad weight
             return _schedule(federation, round, beacon, admitted, weight)
-    key = _memo_key(federation.id, round, beacon, admitted, weights)
+    key = _memo_key(federation.id, round, beacon, raws, len(admitted), weights)
     sched = _memo.get(key)
     if sched is None:
         fixed = None if weights is None else dict(zip(admitted, weights, strict=True)).__getitem__
@@ -321,7 +347,7 @@ def schedule_round(
     return sched
 
 
-def _schedule(federation: Federation, round: int, beacon: bytes, admitted: list[PeerId],
+def _schedule(federation: Federation, round: int, beacon: bytes, admitted: Sequence[PeerId],
               weight: WeightFn | None) -> RoundSchedule:
     c = federation.cohort
     cohort = select_cohort(beacon, admitted, c.size, weight)

@@ -29,7 +29,23 @@ class Signed:
 
     @property
     def peer_id(self) -> PeerId:
-        return PeerId.from_public_key(self.signer)
+        return peer_id_of(self.signer)
+
+
+_PEER_IDS: dict[bytes, PeerId] = {}
+_MAX_PEER_IDS = 1 << 16
+
+
+def peer_id_of(public_key: bytes) -> PeerId:
+    """``PeerId.from_public_key`` (a hash), remembered for the last keys seen: the
+    origin of every gossiped envelope is asked for several times per receipt."""
+    pid = _PEER_IDS.get(public_key)
+    if pid is None:
+        pid = PeerId.from_public_key(public_key)
+        if len(_PEER_IDS) >= _MAX_PEER_IDS:
+            _PEER_IDS.clear()  # bounded; refilled by the keys in use
+        _PEER_IDS[public_key] = pid
+    return pid
 
 
 def seal(identity: Identity, msg: Any, *, domain: bytes) -> Signed:

@@ -132,7 +132,8 @@ class Ledger:
         self._hashes: list[bytes] = []
         self._weights: list[int] = []
         self._schedules: list[RoundSchedule] = []
-        self._standing = Standing.initial(federation, self.params)
+        self._standing = memo.initial_standing(federation, self.params)
+        self._weights_of: tuple[Standing | None, dict[PeerId, float]] = (None, {})
         self._checkpoints: dict[int, Standing] = {0: self._standing}
         self._pending: dict[bytes, tuple[EquivocationProof, int]] = {}  # id -> (proof, noted at height)
         self._own: dict[int, bytes] = {}  # round -> hash of the record this peer built
@@ -218,7 +219,13 @@ class Ledger:
 
     def weight(self, peer: PeerId) -> float:
         """Cohort selection weight: ``schedule_round(..., weight=ledger.weight)``."""
-        return memo.weight(self._standing, peer)
+        st, table = self._weights_of
+        if st is not self._standing:  # the chain moved: the (shared) table of the new one
+            st, table = self._weights_of = (self._standing, memo.weights(self._standing))
+        w = table.get(peer)
+        if w is None:
+            w = table[peer] = st.weight(peer)
+        return w
 
     def weight_factor(self, peer: PeerId) -> float:
         """Aggregation weight factor: ``RoundMachine(..., weight_factor=...)``."""
@@ -279,8 +286,9 @@ class Ledger:
 
         def verify() -> Verified:
             v = verify_record(rec, self.federation, standing, prev, sender)
-            return Verified(rec, v.hash, v.signatures, v.schedule,
-                            standing.apply(rec.body, v.schedule))
+            after = memo.standing_after(self.federation.id, self.params, v.hash,
+                                        lambda: standing.apply(rec.body, v.schedule))
+            return Verified(rec, v.hash, v.signatures, v.schedule, after)
 
         v = memo.verified(self.federation.id, self.params, self.head, rec, verify)
         self._records.append(rec)

@@ -24,7 +24,11 @@ exactly the value the function would return:
   record's hash, its signature count, its schedule and the standing after it (an
   immutable :class:`~p2pfl.ledger.Standing`, shared by every ledger that holds the
   same chain: the head commits to every body before it);
-* **weights** (``Standing.weight``, the cohort selection weight) per standing object.
+* **standings**: the empty chain's per (federation id, parameters), and the one after
+  each record per (federation id, parameters, head) -- records that differ only in
+  their witnesses (which endorsements a peer happened to merge) share it -- so that
+* **weights** (``Standing.weight``, the cohort selection weight) are computed once per
+  standing object.
 
 Only successes are remembered (a verification that raises is recomputed every time),
 the memo is bounded (oldest out) and thread-safe.  In a deployment each ledger holds
@@ -43,7 +47,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import numpy as np
 
-from p2pfl.federation import RoundCompleted, RoundSchedule, SignedGroupAbort
+from p2pfl.federation import Federation, RoundCompleted, RoundSchedule, SignedGroupAbort
 from p2pfl.federation.messages import ResultBody, digest_of
 from p2pfl.wire import PeerId
 
@@ -131,10 +135,13 @@ class LedgerMemo:
         self._digests: _Lru[int, tuple[ResultBody, bytes]] = _Lru(_MAX_DIGESTS)
         self._hashes: _Lru[int, tuple[Record, bytes]] = _Lru(capacity)
         self._weights: _Lru[int, tuple[Standing, dict[PeerId, float]]] = _Lru(_MAX_WEIGHTS)
+        self._initial: _Lru[tuple[bytes, LedgerParams], Standing] = _Lru(_MAX_WEIGHTS)
+        self._after: _Lru[tuple[bytes, LedgerParams, bytes], Standing] = _Lru(capacity)
         self.hits = self.misses = 0
 
     def clear(self) -> None:
-        for lru in (self._built, self._verified, self._digests, self._hashes, self._weights):
+        for lru in (self._built, self._verified, self._digests, self._hashes, self._weights,
+                    self._initial, self._after):
             lru.clear()
         self.hits = self.misses = 0
 
@@ -226,18 +233,41 @@ class LedgerMemo:
             self._verified.put(key, v)
         return v
 
+    # -- standings -----------------------------------------------------------------------
+
+    def initial_standing(self, federation: Federation, params: LedgerParams) -> Standing:
+        """``Standing.initial(federation, params)``, one object per (federation, params)
+        -- so that the weights of every empty ledger are computed once, too."""
+        key = (federation.id, params)
+        st = self._initial.get(key)
+        if st is None or st.federation.id != federation.id:
+            st = Standing.initial(federation, params)
+            self._initial.put(key, st)
+        return st
+
+    def standing_after(self, federation_id: bytes, params: LedgerParams, head: bytes,
+                       apply: Callable[[], Standing]) -> Standing:
+        """The standing of the chain whose head is ``head``: a pure function of
+        (federation, parameters, every body of the chain), and the head commits to
+        every body; ``apply()`` on a miss."""
+        key = (federation_id, params, head)
+        st = self._after.get(key)
+        if st is None:
+            st = apply()
+            self._after.put(key, st)
+        return st
+
     # -- weights -------------------------------------------------------------------------
 
-    def weight(self, standing: Standing, peer: PeerId) -> float:
-        """``standing.weight(peer)``, remembered per standing object (immutable)."""
+    def weights(self, standing: Standing) -> dict[PeerId, float]:
+        """The table ``peer -> standing.weight(peer)`` of ``standing`` (an immutable
+        object), shared by every ledger holding it; filled by the callers as they
+        look peers up (:meth:`Ledger.weight`)."""
         e = self._weights.get(id(standing))
         if e is None or e[0] is not standing:
             e = (standing, {})
             self._weights.put(id(standing), e)
-        w = e[1].get(peer)
-        if w is None:
-            w = e[1][peer] = standing.weight(peer)
-        return w
+        return e[1]
 
     def statistics(self) -> dict[str, Any]:
         return {"hits": self.hits, "misses": self.misses, "built": len(self._built),

@@ -195,3 +195,38 @@ def test_aggregation_backends_are_resolved_by_name() -> None:
     assert resolve_aggregation(None, secure) is not PlaintextAggregation
     with pytest.raises(ConfigError, match="contradicts"):
         resolve_aggregation("plaintext", secure)
+
+
+async def test_only_aggregators_announce_and_no_member_is_left_out(autojump_clock: object) -> None:
+    """Permissioned: a peer announces its address (Presence) only in a round where it
+    aggregates -- group traffic is a star, members write first -- and still every
+    member of every group is included."""
+    from p2pfl.federation.driver import federation_topic
+    from p2pfl.wire import decode
+
+    async with trio.open_nursery() as nursery:
+        c = Cluster(nursery, 9, **{"cohort.group_size": 3})
+        watched = []
+        for i in range(9):
+            node = await c.start(i, warmup=2.0)
+            assert node.peer is not None
+            watched.append(node.peer.overlay.subscribe(federation_topic(c.fed), buffer=1000))
+        await c.wait_all(0)
+        await trio.sleep(0.1)
+        sched = next(e.schedule for e in c.nodes[0].events if isinstance(e, RoundStarted))
+        aggregators = {a for g in sched.groups for a in g.aggregators}
+        assert len(aggregators) == 6 and len(sched.cohort) == 9
+        announced = set()
+        for ch in watched:
+            while True:
+                try:
+                    origin, payload = ch.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                msg = decode(payload)
+                if isinstance(msg, Presence) and msg.round == 0:  # (round 1 has begun)
+                    announced.add(origin)
+        assert announced == aggregators
+        done = next(e for e in c.nodes[0].events if isinstance(e, RoundCompleted))
+        assert [len(g.included) for g in done.record.groups] == [3, 3, 3]
+        nursery.cancel_scope.cancel()
