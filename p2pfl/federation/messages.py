@@ -14,6 +14,7 @@ tag        message                delivery   purpose
 0x0509     StateResponse          direct     neighbour → late joiner: the snapshot
 0x050A     MemberScores           (nested)   one member's opened sketch scores and bound
 0x050B     DetectionScores        (nested)   a group's opened scores, in its result body
+0x050C     ResultHeader           (nested)   a result body with the sum's hash: what is signed
 0x0520     PlainContribution      payload    (plaintext backend) a member's input
 0x0530/31  Strategy/StateSnapshot (nested)   global state (also in checkpoints)
 0x0540     CheckpointFile         disk       a checkpoint
@@ -21,22 +22,36 @@ tag        message                delivery   purpose
 
 Every message names the federation id and the round, so a driver can route or drop
 it before any protocol code runs (:func:`message_round`).  Endorsements are Ed25519
-signatures by a peer's identity key over the 32-byte BLAKE2b digest of the body's
-canonical encoding, under the domains :data:`RESULT_DOMAIN` / :data:`ABORT_DOMAIN`,
-and carry the signer's public key (a peer id is only a hash of it).
+signatures by a peer's identity key over a 32-byte digest (:func:`digest_of`), under
+the domains :data:`RESULT_DOMAIN` / :data:`ABORT_DOMAIN`, and carry the signer's
+public key (a peer id is only a hash of it).
+
+What a result endorsement signs
+-------------------------------
+Not the full :class:`ResultBody` but its :class:`ResultHeader`: every field except
+``update_sum``, which is replaced by ``sum_hash`` = :func:`sum_hash` (BLAKE2b-256 of
+the little-endian float64 sum and its length).  ``digest_of(body)`` is
+``digest_of(result_header(body))`` -- BLAKE2b-256 of the header's canonical encoding.
+The signature still binds the sum (through its hash) and every other field, but a
+third party can check it from the header alone: the ledger records headers and
+endorsements, never model-sized vectors (``docs/ledger.md``).  Abort bodies are
+small and signed as they are.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import struct
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import numpy as np
 
 from p2pfl.identity import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, Identity, verify_signature
 from p2pfl.wire import ArraySpec, MaxLen, PeerId, Range, encode, message
 
+from .schedule import hash_parts
 from .state import StateSnapshot
 
 __all__ = [
@@ -48,6 +63,7 @@ __all__ = [
     "GroupPayload",
     "MemberScores",
     "ResultBody",
+    "ResultHeader",
     "SignRequest",
     "SignatureReply",
     "SignedGroupAbort",
@@ -59,9 +75,12 @@ __all__ = [
     "int_from_wire",
     "int_to_wire",
     "message_round",
+    "result_header",
+    "sum_hash",
 ]
 
-RESULT_DOMAIN: Final = b"p2pfl/group-result/1"
+# /2: result endorsements sign the header digest (the sum by its hash), not the body
+RESULT_DOMAIN: Final = b"p2pfl/group-result/2"
 ABORT_DOMAIN: Final = b"p2pfl/group-abort/1"
 MAX_GROUP: Final = 1 << 14
 
@@ -92,8 +111,19 @@ def endorse(identity: Identity, domain: bytes, digest: bytes) -> Endorsement:
 
 
 def digest_of(body: object) -> bytes:
-    """BLAKE2b-256 of a message's canonical encoding (what endorsements sign)."""
+    """What endorsements sign: BLAKE2b-256 of a message's canonical encoding; for a
+    :class:`ResultBody`, of its :class:`ResultHeader` (the module docstring), so a
+    body and its header have one digest."""
+    if isinstance(body, ResultBody):
+        body = result_header(body)
     return hashlib.blake2b(encode(body), digest_size=32).digest()
+
+
+def sum_hash(update_sum: np.ndarray) -> bytes:
+    """BLAKE2b-256 of a group sum (float64, little-endian) and its length: the
+    ``sum_hash`` of its :class:`ResultHeader`."""
+    a = np.ascontiguousarray(np.asarray(update_sum), dtype="<f8")
+    return hash_parts(b"p2pfl/group-sum/1", struct.pack("<Q", a.shape[0]), a.tobytes())
 
 
 @message(0x0501)
@@ -178,6 +208,47 @@ class ResultBody:
     total_weight: Annotated[float, Range(0.0, float(MAX_GROUP))]
     total_samples: Annotated[int, Range(0, 2**62)]
     detection: DetectionScores | None = None
+
+
+@message(0x050C)
+class ResultHeader:
+    """A :class:`ResultBody` with ``sum_hash`` (:func:`sum_hash`) for ``update_sum``:
+    what result endorsements sign (:func:`digest_of`), and what the ledger records
+    (as ``p2pfl.ledger.GroupHeader``).
+
+    ``aggregator`` is reserved for the proposing aggregator once the result body names
+    it (None today: :func:`result_header` never sets it); a header that sets it is
+    signed with it, which makes equivocation by one signature pair provable
+    (:mod:`p2pfl.ledger._verify`).
+    """
+
+    federation: B32
+    round: Round
+    group: GroupIx
+    schedule: B32
+    base_state: B32
+    included: Peers
+    dropped: Peers
+    excluded: Annotated[tuple[tuple[PeerId, Annotated[str, MaxLen(256)]], ...], MaxLen(MAX_GROUP)]
+    sum_hash: B32
+    total_weight: Annotated[float, Range(0.0, float(MAX_GROUP))]
+    total_samples: Annotated[int, Range(0, 2**62)]
+    aggregator: PeerId | None = None
+    detection: DetectionScores | None = None
+
+
+def result_header(body: ResultBody) -> ResultHeader:
+    """The header of a result body (what its endorsements sign).
+
+    Every body field but ``update_sum`` is copied by name, so a field added to
+    :class:`ResultBody` but not to :class:`ResultHeader` raises :class:`TypeError`
+    here rather than going unsigned.
+    """
+    kw: dict[str, Any] = {n: getattr(body, n) for n in _BODY_FIELDS}
+    return ResultHeader(**kw, sum_hash=sum_hash(body.update_sum))
+
+
+_BODY_FIELDS: Final = tuple(f.name for f in dataclasses.fields(ResultBody) if f.name != "update_sum")
 
 
 @message(0x0503)

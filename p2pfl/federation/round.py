@@ -65,6 +65,7 @@ from typing import Final
 import numpy as np
 
 from mpc.rand import Rng, SystemRng
+from p2pfl._lru import BoundedLru
 from p2pfl.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.federation.schedule import hash_parts
 from p2pfl.identity import Identity
@@ -117,6 +118,34 @@ from .state import GlobalState
 __all__ = ["TRANSITIONS", "RoundMachine", "RoundState"]
 
 _MAX_BUFFER: Final = 4096
+_VERIFIED_MAX: Final = 1024  # verified results remembered per process (a few rounds' worth)
+_VerifiedEntry = tuple[SignedGroupResult, RoundView, VerifiedResult]
+_VERIFIED: BoundedLru[tuple[int, int, bytes, int, int], _VerifiedEntry] = BoundedLru(_VERIFIED_MAX)
+
+
+def verify_result_once(view: RoundView, msg: SignedGroupResult,
+                       sender: PeerId | None = None) -> VerifiedResult:
+    """:func:`~p2pfl.federation.results.verify_result`, remembered per process for an
+    immutable message object.
+
+    A broadcast result is decoded once per process (the driver's decode memo), so the
+    N peers of a simulation hand the very same object here; verifying it is a pure
+    function of the message and the view (federation, schedule, base state, dimension),
+    and the sender only names the culprit of a failure.  A success is kept, keyed on
+    the identities of the message, schedule and federation, which the entry holds (so
+    that an id cannot be reused while it is in the memo); failures are recomputed every
+    time.  Only messages whose sum cannot change (read-only, as the codec builds them)
+    are kept.
+    """
+    key = (id(msg), id(view.schedule), view.base_state, view.dim, id(view.federation))
+    e = _VERIFIED.get(key)
+    if e is not None and e[0] is msg and e[1].schedule is view.schedule and (
+            e[1].federation is view.federation):
+        return e[2]
+    vr = verify_result(view, msg, sender)
+    if not msg.body.update_sum.flags.writeable:
+        _VERIFIED.put(key, (msg, view, vr))
+    return vr
 
 
 class RoundState(enum.Enum):
@@ -571,7 +600,7 @@ class RoundMachine:
     # -- results and aborts -------------------------------------------------
 
     def _on_result(self, sender: PeerId, msg: SignedGroupResult, now: float) -> None:
-        vr = verify_result(self.view, msg, sender)
+        vr = verify_result_once(self.view, msg, sender)
         slot = self._slots[vr.group.index]
         old = slot.result
         if old is not None and old.digest == vr.digest:

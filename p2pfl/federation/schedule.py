@@ -45,13 +45,12 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Final
 
+from p2pfl._lru import BoundedLru
 from p2pfl.wire import PeerId
 
 if TYPE_CHECKING:
@@ -237,38 +236,7 @@ class RoundSchedule:
         return self._by_peer.get(peer)
 
 
-class _ScheduleMemo:
-    """The last :data:`_MEMO_MAX` schedules by a hash of their full inputs (thread-safe)."""
-
-    def __init__(self, capacity: int) -> None:
-        self._lock = threading.Lock()
-        self._items: OrderedDict[bytes, RoundSchedule] = OrderedDict()
-        self.capacity = capacity
-        self.hits = self.misses = 0
-
-    def get(self, key: bytes) -> RoundSchedule | None:
-        with self._lock:
-            sched = self._items.get(key)
-            if sched is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-                self._items.move_to_end(key)
-            return sched
-
-    def put(self, key: bytes, sched: RoundSchedule) -> None:
-        with self._lock:
-            self._items[key] = sched
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.hits = self.misses = 0
-
-
-_memo = _ScheduleMemo(_MEMO_MAX)
+_memo: BoundedLru[bytes, RoundSchedule] = BoundedLru(_MEMO_MAX)
 
 
 def _memo_key(federation_id: bytes, round: int, beacon: bytes, raws: bytes, n: int,
@@ -288,8 +256,7 @@ def _memo_key(federation_id: bytes, round: int, beacon: bytes, raws: bytes, n: i
     return h.digest()
 
 
-_ADMITTED: OrderedDict[int, tuple[object, bytes, tuple[PeerId, ...], bytes]] = OrderedDict()
-_ADMITTED_LOCK = threading.Lock()
+_ADMITTED: BoundedLru[int, tuple[object, bytes, tuple[PeerId, ...], bytes]] = BoundedLru(8)
 
 
 def _admitted(federation: Federation,
@@ -306,10 +273,7 @@ def _admitted(federation: Federation,
                             key=lambda p: p.raw))
     raws = b"".join(p.raw for p in admitted)
     if frozen:
-        with _ADMITTED_LOCK:
-            _ADMITTED[id(candidates)] = (candidates, federation.id, admitted, raws)
-            while len(_ADMITTED) > 8:
-                _ADMITTED.popitem(last=False)
+        _ADMITTED.put(id(candidates), (candidates, federation.id, admitted, raws))
     return admitted, raws
 
 

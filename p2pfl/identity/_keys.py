@@ -20,8 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +27,7 @@ from typing import Annotated
 import nacl.exceptions
 import nacl.signing
 
+from p2pfl._lru import BoundedLru
 from p2pfl.errors import ConfigError, RemoteProtocolError
 from p2pfl.wire import MaxLen, PeerId, decode_as, encode, message
 
@@ -162,11 +161,7 @@ class SignatureCache:
     """
 
     def __init__(self, capacity: int = 1 << 17) -> None:
-        self._lock = threading.Lock()
-        self._keys: OrderedDict[bytes, None] = OrderedDict()
-        self._capacity = 0
-        self.hits = self.misses = 0
-        self.resize(capacity)
+        self._seen: BoundedLru[bytes, bool] = BoundedLru(capacity)
 
     @staticmethod
     def key(public_key: bytes, signature: bytes, signed: bytes) -> bytes:
@@ -176,49 +171,40 @@ class SignatureCache:
         return h.digest()
 
     def __contains__(self, key: object) -> bool:
-        with self._lock:
-            return key in self._keys
+        return key in self._seen
 
     def _lookup(self, key: bytes) -> bool:
-        with self._lock:
-            found = key in self._keys
-            if found:
-                self.hits += 1
-            else:
-                self.misses += 1
-            return found
+        return self._seen.get(key) is not None
 
     @property
     def enabled(self) -> bool:
-        return self._capacity > 0
+        return self._seen.capacity > 0
+
+    @property
+    def hits(self) -> int:
+        return self._seen.hits
+
+    @property
+    def misses(self) -> int:
+        return self._seen.misses
 
     def add(self, key: bytes) -> None:
         """Remember a key of a signature that verified."""
-        if self._capacity <= 0:
-            return
-        with self._lock:
-            self._keys[key] = None
-            while len(self._keys) > self._capacity:
-                self._keys.popitem(last=False)
+        self._seen.put(key, True)
 
     def resize(self, capacity: int) -> None:
         """Keep at most ``capacity`` entries from now on (0: off). Raises ``ValueError``
         for a negative capacity."""
         if capacity < 0:
             raise ValueError(f"signature cache capacity must be >= 0, got {capacity}")
-        with self._lock:
-            self._capacity = capacity
-            while len(self._keys) > capacity:
-                self._keys.popitem(last=False)
+        self._seen.resize(capacity)
 
     def clear(self) -> None:
-        with self._lock:
-            self._keys.clear()
-            self.hits = self.misses = 0
+        self._seen.clear()
 
     def statistics(self) -> SignatureCacheStatistics:
-        with self._lock:
-            return SignatureCacheStatistics(len(self._keys), self._capacity, self.hits, self.misses)
+        return SignatureCacheStatistics(len(self._seen), self._seen.capacity, self.hits,
+                                        self.misses)
 
 
 signature_cache = SignatureCache()

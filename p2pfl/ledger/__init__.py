@@ -34,11 +34,9 @@ from ._messages import (
     Record,
     RecordBody,
     SignedHeader,
-    body_of,
     genesis_hash,
     header_of,
     record_hash,
-    signed_digest,
     sum_hash,
 )
 from ._params import LedgerParams
@@ -96,7 +94,6 @@ __all__ = [
     "SyncState",
     "VerifiedRecord",
     "answer_ledger_request",
-    "body_of",
     "build_record",
     "check_proof",
     "collect_equivocations",
@@ -111,7 +108,6 @@ __all__ = [
     "record_hash",
     "reputation",
     "schedule_of",
-    "signed_digest",
     "signed_headers",
     "standing",
     "standing_rows",

@@ -11,8 +11,8 @@ strategy state.  :func:`build_record` maps them to a :class:`Record`:
 * the cohort is the schedule's (sorted); groups are not stored, they are recomputed
   from the cohort and the beacon when the record is verified;
 * an accepted group becomes its :class:`GroupHeader` (the sum replaced by its hash)
-  plus a witness with the endorsements — and with the sum itself only while the
-  federation signs full bodies rather than headers (detected per result);
+  plus a witness with the endorsements, which sign exactly that header's digest
+  (:mod:`p2pfl.federation.messages`): no model-sized vector enters a record;
 * an aborted group keeps one ``(aggregator, reason)`` per aggregator that signed an
   abort, with the signatures in the witness; a group without result or abort is
   ``MISSING``.
@@ -32,10 +32,7 @@ import hashlib
 import struct
 from collections.abc import Iterable
 
-import numpy as np
-
 from p2pfl.federation import RoundCompleted, RoundSchedule, SignedGroupAbort, SignedGroupResult
-from p2pfl.federation.messages import RESULT_DOMAIN, digest_of
 from p2pfl.federation.state import StrategySnapshot
 from p2pfl.learning.strategy import StrategyState
 from p2pfl.wire import PeerId, encode
@@ -76,13 +73,9 @@ def proof_id(proof: EquivocationProof) -> bytes:
 
 
 def _result_slot(index: int, msg: SignedGroupResult) -> tuple[GroupSlot, GroupWitness]:
-    header = header_of(msg.body)
     ends = tuple(sorted(msg.endorsements, key=lambda e: e.public_key))
-    # the federation signs either the header digest (compact) or the full body
-    signs_header = bool(ends) and ends[0].valid(RESULT_DOMAIN, digest_of(header))
-    witness_sum = None if signs_header else np.asarray(msg.body.update_sum, dtype=np.float64)
-    return (GroupSlot(index, GroupStatus.ACCEPTED, header),
-            GroupWitness(index, ends, witness_sum))
+    return (GroupSlot(index, GroupStatus.ACCEPTED, header_of(msg.body)),
+            GroupWitness(index, ends))
 
 
 def _abort_slot(index: int, aborts: list[SignedGroupAbort]) -> tuple[GroupSlot, GroupWitness]:

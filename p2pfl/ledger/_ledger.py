@@ -65,6 +65,7 @@ from ._build import build_record, proof_id, state_digest
 from ._memo import Verified, memo
 from ._messages import (
     MAX_PAGE,
+    PAGE_MAX_BYTES,
     EquivocationProof,
     GroupWitness,
     LedgerRequest,
@@ -103,20 +104,17 @@ class AppendResult:
 
 
 def _merge_witnesses(ours: Sequence[GroupWitness], theirs: Sequence[GroupWitness]) -> tuple[GroupWitness, ...]:
-    """Union of endorsements per slot (same signing mode); else the larger set."""
+    """Union of endorsements per slot; of two abort signature lists, the longer."""
     a = {w.index: w for w in ours}
     for w in theirs:
         o = a.get(w.index)
         if o is None:
             a[w.index] = w
-        elif (o.update_sum is None) == (w.update_sum is None):
-            ends = {e.public_key: e for e in (*o.endorsements, *w.endorsements)}
-            aborts = o.abort_endorsements if len(o.abort_endorsements) >= len(
-                w.abort_endorsements) else w.abort_endorsements
-            a[w.index] = GroupWitness(o.index, tuple(ends[k] for k in sorted(ends)), o.update_sum,
-                                      aborts)
-        elif len(w.endorsements) > len(o.endorsements):
-            a[w.index] = w
+            continue
+        ends = {e.public_key: e for e in (*o.endorsements, *w.endorsements)}
+        aborts = o.abort_endorsements if len(o.abort_endorsements) >= len(
+            w.abort_endorsements) else w.abort_endorsements
+        a[w.index] = GroupWitness(o.index, tuple(ends[k] for k in sorted(ends)), aborts)
     return tuple(a[i] for i in sorted(a))
 
 
@@ -456,13 +454,30 @@ class Ledger:
         return f"Ledger(height={self.height}, head={self.head.hex()[:16]})"
 
 
-def answer_ledger_request(ledger: Ledger, request: LedgerRequest) -> LedgerResponse:
-    """The reply to a :class:`LedgerRequest` (records from its start, one page).
+def answer_ledger_request(ledger: Ledger, request: LedgerRequest,
+                          max_bytes: int = PAGE_MAX_BYTES) -> LedgerResponse:
+    """The reply to a :class:`LedgerRequest`: records from its start, at most its
+    ``limit``, taken in order while the encoded response stays within ``max_bytes``
+    (default :data:`PAGE_MAX_BYTES`, what one direct message may carry).  When not
+    even the first record fits, the page is empty (the requester sees ``height >
+    start`` and no records, and asks someone else).
 
     Raises :class:`RemoteProtocolError` for a request of another federation.
     """
     if request.federation != ledger.federation.id:
         raise RemoteProtocolError("ledger request for another federation")
-    recs = ledger.records_from(request.start, request.limit)
-    return LedgerResponse(ledger.federation.id, request.nonce, request.start, ledger.height, recs)
+    fid = ledger.federation.id
+    base = len(encode(LedgerResponse(fid, request.nonce, request.start, ledger.height))) - 1
+    recs: list[Record] = []
+    size = base  # the response without its records array's head (one byte when empty)
+    for rec in ledger._records[request.start:request.start + request.limit]:
+        size += len(encode(rec))
+        if size + _array_head(len(recs) + 1) > max_bytes:
+            break
+        recs.append(rec)
+    return LedgerResponse(fid, request.nonce, request.start, ledger.height, tuple(recs))
 
+
+def _array_head(n: int) -> int:
+    """Bytes of the CBOR head of an array of ``n`` items."""
+    return 1 if n < 24 else 2 if n < 1 << 8 else 3 if n < 1 << 16 else 5

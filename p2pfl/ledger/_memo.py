@@ -40,13 +40,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import struct
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 import numpy as np
 
+from p2pfl._lru import BoundedLru
 from p2pfl.federation import Federation, RoundCompleted, RoundSchedule, SignedGroupAbort
 from p2pfl.federation.messages import ResultBody, digest_of
 from p2pfl.wire import PeerId
@@ -58,8 +57,6 @@ from ._reputation import Standing
 
 __all__ = ["LedgerMemo", "Verified", "frozen", "memo"]
 
-K = TypeVar("K")
-V = TypeVar("V")
 
 _MAX_ENTRIES: Final = 64
 _MAX_DIGESTS: Final = 4096
@@ -87,34 +84,6 @@ def frozen(obj: object, _depth: int = 0) -> bool:
     return False
 
 
-class _Lru(Generic[K, V]):
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            v = self._items.get(key)
-            if v is not None:
-                self._items.move_to_end(key)
-            return v
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Verified:
     """What verifying and applying one record gave (see :meth:`LedgerMemo.verified`)."""
@@ -130,13 +99,13 @@ class LedgerMemo:
     """The process-wide memo of built and verified records (see the module docstring)."""
 
     def __init__(self, capacity: int = _MAX_ENTRIES) -> None:
-        self._built: _Lru[bytes, Record] = _Lru(capacity)
-        self._verified: _Lru[tuple[bytes, LedgerParams, bytes, int], Verified] = _Lru(capacity)
-        self._digests: _Lru[int, tuple[ResultBody, bytes]] = _Lru(_MAX_DIGESTS)
-        self._hashes: _Lru[int, tuple[Record, bytes]] = _Lru(capacity)
-        self._weights: _Lru[int, tuple[Standing, dict[PeerId, float]]] = _Lru(_MAX_WEIGHTS)
-        self._initial: _Lru[tuple[bytes, LedgerParams], Standing] = _Lru(_MAX_WEIGHTS)
-        self._after: _Lru[tuple[bytes, LedgerParams, bytes], Standing] = _Lru(capacity)
+        self._built: BoundedLru[bytes, Record] = BoundedLru(capacity)
+        self._verified: BoundedLru[tuple[bytes, LedgerParams, bytes, int], Verified] = BoundedLru(capacity)
+        self._digests: BoundedLru[int, tuple[ResultBody, bytes]] = BoundedLru(_MAX_DIGESTS)
+        self._hashes: BoundedLru[int, tuple[Record, bytes]] = BoundedLru(capacity)
+        self._weights: BoundedLru[int, tuple[Standing, dict[PeerId, float]]] = BoundedLru(_MAX_WEIGHTS)
+        self._initial: BoundedLru[tuple[bytes, LedgerParams], Standing] = BoundedLru(_MAX_WEIGHTS)
+        self._after: BoundedLru[tuple[bytes, LedgerParams, bytes], Standing] = BoundedLru(capacity)
         self.hits = self.misses = 0
 
     def clear(self) -> None:

@@ -41,7 +41,7 @@ from ._messages import LedgerFileHeader, Record
 
 __all__ = ["FORMAT_VERSION", "LedgerError", "LedgerStore"]
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # 2: headers are what results sign; witnesses carry no sums
 _HEAD: Final = struct.Struct(">I8s")
 MAX_FRAME: Final = 1 << 30
 

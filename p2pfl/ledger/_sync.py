@@ -6,7 +6,11 @@ Theory of operation
 asks one neighbour at a time for the records from ``height - overlap`` on (the overlap
 lets a fork near our tip show up, and a page longer than the overlap outweighs a
 forged tip), a page at a time (:class:`LedgerRequest`, fresh
-nonce, ``timeout`` per request).  Each page goes through :meth:`Ledger.adopt`, which
+nonce, ``timeout`` per request).  A page holds at most ``page`` records and at most
+:data:`~p2pfl.ledger._messages.PAGE_MAX_BYTES` encoded, so it may stop short of the
+neighbour's height; the next page then starts where it ended.  An empty page from a
+neighbour ahead of us (its next record alone exceeds the bound) is not an offence:
+the next neighbour is asked.  Each page goes through :meth:`Ledger.adopt`, which
 verifies every record from genesis rules (link, schedule, signatures, evidence) and
 applies fork choice, so a neighbour can only offer a chain, never impose one.  A
 neighbour whose page is invalid is reported (:class:`RemoteProtocolError` with
@@ -125,8 +129,10 @@ class LedgerSync:
             self._next(now)
             raise
         end = msg.start + len(msg.records)
-        if res.status is not AppendStatus.STALE and msg.height > end and self.ledger.height == end:
-            self._ask(sender, end, now)  # more pages from the same neighbour
+        if res.status is not AppendStatus.STALE and msg.height > end and self.ledger.height >= end:
+            # more pages from the same neighbour (also when a short, byte-bounded page
+            # only covered records we hold: each page moves ``start`` forward)
+            self._ask(sender, end, now)
         else:
             self._next(now)
 

@@ -22,7 +22,9 @@ A record is verified against the chain before it (its last body and the
    scores the header records -- the exclusion policy re-run) and
    (:func:`~p2pfl.federation.results.verify_endorsements`) are endorsed by distinct
    group members, at least one an aggregator, at least the group's quorum, every
-   signature valid over :func:`signed_digest`.  With ``enforce_weights``, the total
+   signature valid over the header's digest (``digest_of(header)``: what the
+   federation signs, :mod:`p2pfl.federation.messages`).  The sum itself is not in
+   the record; its hash is, and the signatures bind it.  With ``enforce_weights``, the total
    weight is at most the sum of the included members' weight factors: peers cannot
    give themselves more influence than the ledger grants.
 4. **Aborted groups** carry, per aggregator, a reason and its signature
@@ -40,7 +42,7 @@ re-derived.
 **Equivocation.**  An honest peer endorses at most one body per proposing aggregator
 of a group, so at most ``aggregators`` different bodies per (round, group).  Proof of
 an offence is either two different endorsed headers that name the same proposing
-aggregator (``GroupHeader.aggregator``, once the federation signs it), or more than
+aggregator (``GroupHeader.aggregator``, once the result body names it), or more than
 ``aggregators`` different endorsed headers.
 """
 
@@ -77,10 +79,8 @@ from ._messages import (
     Record,
     RecordBody,
     SignedHeader,
-    body_of,
     genesis_hash,
     record_hash,
-    signed_digest,
 )
 from ._params import LedgerParams
 from ._reputation import Standing, schedule_of
@@ -162,21 +162,13 @@ def _view(fed: Federation, sched: RoundSchedule, body: RecordBody, dim: int) -> 
     return RoundView(fed, sched, body.base_state, dim)
 
 
-def _result_body(header: GroupHeader, update_sum: np.ndarray | None,
-                 sender: PeerId | None) -> ResultBody:
-    """The body the federation's checks run on: rebuilt with the witness sum, or with an
-    empty sum (checked against a view of dimension 0) when the header is signed."""
-    if update_sum is not None:
-        return body_of(header, update_sum, sender)
-    return _header_as_body(header)
-
-
 def _fields(obj: object) -> dict[str, object]:
     return {n: getattr(obj, n) for n in obj.__dataclass_fields__}  # type: ignore[attr-defined]
 
 
 def _header_as_body(header: GroupHeader) -> ResultBody:
-    """A zero-length-sum body with the header's fields (for the federation's checks)."""
+    """A zero-length-sum body with the header's fields, for the federation's checks
+    (:func:`check_body`, against a view of dimension 0: the sum is not recorded)."""
     f = _fields(header)
     keep = {n: f[n] for n in ResultBody.__dataclass_fields__ if n != "update_sum"}
     return ResultBody(**keep, update_sum=np.zeros(0, dtype=np.float64))  # type: ignore[arg-type]
@@ -189,15 +181,11 @@ def _check_accepted(fed: Federation, body: RecordBody, slot: GroupSlot, wit: Gro
         raise _err(body, f"accepted group {slot.index} needs a header and endorsements", sender)
     if h.group != slot.index:
         raise _err(body, f"slot {slot.index} holds the header of group {h.group}", sender)
-    s = wit.update_sum
-    rb = _result_body(h, s, sender)
-    view = _view(fed, sched, body, 0 if s is None else int(s.shape[0]))
-    check_body(view, rb, sender)
+    check_body(_view(fed, sched, body, 0), _header_as_body(h), sender)
     group = sched.groups[slot.index]
     if h.aggregator is not None and group.rank(h.aggregator) is None:
         raise _err(body, f"group {slot.index}: proposer is not an aggregator", sender)
-    digest = digest_of(rb) if s is not None else signed_digest(h, None)
-    signers = verify_endorsements(wit.endorsements, digest, group, RESULT_DOMAIN, sender)
+    signers = verify_endorsements(wit.endorsements, digest_of(h), group, RESULT_DOMAIN, sender)
     if not any(group.rank(p) is not None for p in signers):
         raise _err(body, f"group {slot.index}: not signed by any of its aggregators", sender)
     if h.aggregator is not None and h.aggregator not in signers:
@@ -216,9 +204,7 @@ def _check_accepted(fed: Federation, body: RecordBody, slot: GroupSlot, wit: Gro
 
 def _check_aborted(fed: Federation, body: RecordBody, slot: GroupSlot, wit: GroupWitness | None,
                    sched: RoundSchedule, sender: PeerId | None) -> int:
-    if slot.header is not None or not slot.aborts or wit is None or wit.endorsements or (
-        wit.update_sum is not None
-    ):
+    if slot.header is not None or not slot.aborts or wit is None or wit.endorsements:
         raise _err(body, f"aborted group {slot.index} needs only aborts", sender)
     who = [a for a, _ in slot.aborts]
     if not all(a < b for a, b in itertools.pairwise(who)):
@@ -350,7 +336,7 @@ def check_proof(proof: EquivocationProof, federation: Federation,
         if enc in seen:
             raise RemoteProtocolError("equivocation proof repeats a header", peer=sender)
         seen.add(enc)
-        if not it.endorsement.valid(RESULT_DOMAIN, signed_digest(h, it.update_sum, sender)):
+        if not it.endorsement.valid(RESULT_DOMAIN, digest_of(h)):
             raise RemoteProtocolError("equivocation proof with a bad signature", peer=sender)
         if h.aggregator is not None:
             same_proposer |= h.aggregator in proposers
@@ -385,10 +371,7 @@ def collect_equivocations(items: Iterable[SignedHeader],
 
 
 def _valid_item(it: SignedHeader) -> bool:
-    try:
-        return it.endorsement.valid(RESULT_DOMAIN, signed_digest(it.header, it.update_sum))
-    except RemoteProtocolError:
-        return False
+    return it.endorsement.valid(RESULT_DOMAIN, digest_of(it.header))
 
 
 def _pick(cands: list[SignedHeader], aggregators: int) -> list[SignedHeader] | None:
@@ -411,7 +394,7 @@ def signed_headers(record: Record) -> list[SignedHeader]:
         w = wits.get(slot.index)
         if slot.header is None or w is None:
             continue
-        out += [SignedHeader(slot.header, e, w.update_sum) for e in w.endorsements]
+        out += [SignedHeader(slot.header, e) for e in w.endorsements]
     return out
 
 

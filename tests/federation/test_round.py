@@ -404,3 +404,56 @@ def test_member_refuses_to_sign_two_different_bodies_for_one_aggregator() -> Non
     other = dataclasses.replace(body, total_samples=body.total_samples + 1)
     with pytest.raises(RemoteProtocolError, match="two different"):
         rm.receive(agg, req(other), 0.4)
+
+
+def test_a_decoded_result_is_verified_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Peers of one process share decoded broadcasts; the verification of a read-only
+    result is remembered for the same view, never for a failure, a writeable sum or
+    another schedule."""
+    from p2pfl.federation import round as round_mod
+    from p2pfl.wire import decode, encode
+
+    net = Net(make_federation(**TWO_GROUPS), 9)
+    base = net.states[net.peers[0]]
+    out = net.run_round()
+    msg = next(m for m in out.broadcasts if isinstance(m, SignedGroupResult) and m.body.group == 0)
+    sched0 = schedule_round(net.fed, 0, base.beacon, net.peers)
+    rm = RoundMachine(net.fed, identities(1, b"observer")[0], base, sched0)
+    rm.start(0.0)
+    calls: list[object] = []
+    real = round_mod.verify_result
+
+    def counting(view: object, m: SignedGroupResult, sender: object = None) -> object:
+        calls.append(m)
+        return real(view, m, sender)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(round_mod, "verify_result", counting)
+    shared = decode(encode(msg))
+    assert not shared.body.update_sum.flags.writeable
+    first = round_mod.verify_result_once(rm.view, shared)
+    assert round_mod.verify_result_once(rm.view, shared) is first and len(calls) == 1
+    other = RoundMachine(net.fed, identities(1, b"observer2")[0], base,
+                         sched0)  # another peer, the same schedule object
+    other.start(0.0)
+    other.receive(other.me, shared, 1.0)
+    assert len(calls) == 1 and other.outcomes()[0] == (shared,)
+    # an equal but distinct object, a writeable sum: verified each time
+    round_mod.verify_result_once(rm.view, decode(encode(msg)))
+    writeable = SignedGroupResult(
+        dataclasses.replace(msg.body, update_sum=msg.body.update_sum.copy()), msg.endorsements)
+    round_mod.verify_result_once(rm.view, writeable)
+    round_mod.verify_result_once(rm.view, writeable)
+    assert len(calls) == 4
+    # a failure is never remembered
+    s = msg.body.update_sum.copy()
+    s[0] += 1e-3
+    bad = decode(encode(SignedGroupResult(dataclasses.replace(msg.body, update_sum=s),
+                                          msg.endorsements)))
+    for _ in range(2):
+        with pytest.raises(RemoteProtocolError):
+            round_mod.verify_result_once(rm.view, bad)
+    assert len(calls) == 6
+    # another view (base state) is another entry, and refuses the result
+    view2 = dataclasses.replace(rm.view, base_state=bytes(32))
+    with pytest.raises(OutOfSync):
+        round_mod.verify_result_once(view2, shared)

@@ -112,21 +112,6 @@ def test_verification_is_shared_and_a_tampered_record_is_always_refused(
         assert third.height == len(records) - 1
 
 
-def test_records_with_writeable_arrays_are_never_remembered() -> None:
-    net = LedgerNet(fed_for(), 6)
-    net.run(1)
-    rec = net.ledger(0).records[0]
-    wits = tuple(dataclasses.replace(w, update_sum=np.array(w.update_sum)) if w.update_sum is not None
-                 else w for w in rec.witnesses)
-    mutable = Record(rec.body, wits)
-    if not any(w.update_sum is not None for w in wits):
-        pytest.skip("header-mode records carry no arrays")
-    assert not frozen(mutable)
-    memo.clear()
-    Ledger(net.fed).append(mutable)
-    assert memo.statistics()["verified"] == 0
-
-
 def test_weights_are_the_standing_weights() -> None:
     net = LedgerNet(fed_for(), 6, attackers=[1])
     net.run(3)
