@@ -35,6 +35,8 @@ Layout of the peer config (only ``key`` and ``federation`` are required)::
     listen = "tcp:0.0.0.0:7000"       # port 0: any free port
     bootstrap = ["tcp:10.0.0.2:7000"] # peers to join through (none for the first)
     checkpoint_dir = "state"          # optional; resume from here after a restart
+    keep_models = 0                   # also keep the last N rounds' models in
+                                      # checkpoint_dir/models/ (0: none)
     device = "auto"                   # auto | cpu | cuda[:N]
     status_file = "status.json"       # optional
     control = "control.sock"          # optional (default: checkpoint_dir/control.sock);
@@ -125,6 +127,7 @@ class NodeConfig:
     task: TaskSpec = TaskSpec()
     control: Path | None = None  # the control socket (None: none)
     reach: Reachability = Reachability()
+    keep_models: int = 0  # rounds whose state is kept in checkpoint_dir/models (0: none)
 
 
 def _reachability(t: _Table) -> Reachability:
@@ -192,6 +195,10 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     bootstrap = tuple(_address(b, f"bootstrap[{i}]") for i, b in enumerate(boot))
     ckpt = t.raw("checkpoint_dir", None)
     checkpoint_dir = where(t.text("checkpoint_dir", max_len=4096)) if ckpt is not None else None
+    keep_models = t.integer("keep_models", 0, lo=0, hi=1 << 20)
+    if keep_models > 0 and checkpoint_dir is None:
+        raise ConfigError("keep_models: needs a checkpoint_dir (the models are kept in "
+                          "checkpoint_dir/models)")
     device = t.text("device", "auto")
     if device not in ("auto", "cpu", "cuda") and not (
             device.startswith("cuda:") and device[5:].isdigit()):
@@ -204,7 +211,7 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     reach = _reachability(t)
     t.finish()
     return NodeConfig(key, federation, listen, bootstrap, checkpoint_dir, device, status_file,
-                      warmup, task, control=control, reach=reach)
+                      warmup, task, control=control, reach=reach, keep_models=keep_models)
 
 
 def _control(t: _Table, where: Callable[[str], Path], checkpoint_dir: Path | None) -> Path | None:
@@ -315,7 +322,8 @@ async def run_node(cfg: NodeConfig, *, task: Task | None = None) -> None:
         task = build_task(cfg)
     pcfg = PeerConfig(identity=cfg.key, federation=cfg.federation, listen=cfg.listen,
                       bootstrap=cfg.bootstrap, checkpoint_dir=cfg.checkpoint_dir,
-                      device=cfg.device, warmup=cfg.warmup, **_reach_options(cfg.reach))
+                      keep_models=cfg.keep_models, device=cfg.device, warmup=cfg.warmup,
+                      **_reach_options(cfg.reach))
     history: dict[int, str] = {}
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with _control_socket(cfg.control) as control, open_peer(pcfg, task) as peer, \

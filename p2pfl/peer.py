@@ -16,6 +16,9 @@ and yields a :class:`Peer`.  Leaving the block cancels the driver, leaves the ov
 The round-0 model is ``task.model_factory(federation.seed)`` flattened (every peer
 builds the same one); a checkpoint in ``checkpoint_dir`` takes precedence, so a
 restarted peer resumes where it was and catches up if the federation moved on.
+With ``keep_models = N`` the peer also keeps the state of each of the last ``N``
+rounds it started (:func:`model_path`, in ``checkpoint_dir/models/``), so that a
+monitor can evaluate every round's global model (``p2pfl sim --transport tcp``).
 
 Example (trio)::
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -50,6 +54,7 @@ from p2pfl.federation import (
     TrainRequested,
     load_checkpoint,
     load_federation,
+    save_checkpoint,
 )
 from p2pfl.federation.adversary import Adversary
 from p2pfl.federation.aggregation import AggregationFactory
@@ -58,6 +63,7 @@ from p2pfl.federation.driver import (
     DriverStatistics,
     FaultHook,
     FederationDriver,
+    RoundStarted,
     Trainer,
 )
 from p2pfl.identity import Identity
@@ -79,13 +85,17 @@ __all__ = [
     "checkpoint_path",
     "initial_model",
     "ledger_path",
+    "model_path",
     "open_peer",
     "overlay_penalizer",
     "register_aggregation",
     "resolve_aggregation",
     "resume_state",
+    "save_model",
     "task_trainer",
 ]
+
+log = logging.getLogger("p2pfl.peer")
 
 AGGREGATION_BACKENDS: dict[str, AggregationFactory | str] = {
     "plaintext": PlaintextAggregation,
@@ -146,6 +156,26 @@ def ledger_path(directory: str | Path, federation: Federation) -> Path:
     return Path(directory) / f"ledger-{federation.id_hex[:16]}.bin"
 
 
+def model_path(directory: str | Path, federation: Federation, completed: int) -> Path:
+    """Where a peer with ``keep_models`` keeps its state after ``completed`` rounds of
+    ``federation`` (a checkpoint file: the model round ``completed - 1`` produced; 0:
+    the initial model) in ``directory``."""
+    return Path(directory) / "models" / f"state-{federation.id_hex[:16]}-{completed:08d}.ckpt"
+
+
+def save_model(directory: str | Path, federation: Federation, state: GlobalState,
+               keep: int) -> None:
+    """Write ``state`` to :func:`model_path` atomically (:func:`save_checkpoint`) and
+    delete the files of rounds ``keep`` or more before it (``keep >= 1``). Raises
+    :class:`OSError`."""
+    save_checkpoint(model_path(directory, federation, state.round), state)
+    prefix = model_path(directory, federation, 0).name.removesuffix("00000000.ckpt")
+    for f in (Path(directory) / "models").glob(f"{prefix}*.ckpt"):
+        completed = f.name.removeprefix(prefix).removesuffix(".ckpt")
+        if completed.isdigit() and int(completed) <= state.round - keep:
+            f.unlink(missing_ok=True)
+
+
 def resume_state(federation: Federation, initial: np.ndarray,
                  checkpoint_dir: str | Path | None = None) -> GlobalState:
     """The checkpoint in ``checkpoint_dir`` when there is one, else round 0 from the
@@ -166,7 +196,9 @@ class PeerConfig:
     ``federation``: a :class:`Federation` or the path of a federation file.
     ``listen``: ``tcp:HOST:PORT`` (ignored when a transport is passed to
     :func:`open_peer`). ``bootstrap``: addresses to join through. ``checkpoint_dir``:
-    where to keep the round checkpoint (None: none). ``device``: ``auto | cpu | cuda[:N]``
+    where to keep the round checkpoint (None: none). ``keep_models``: also keep the
+    state of each of the last ``keep_models`` rounds there (:func:`model_path`; 0:
+    none; needs ``checkpoint_dir``). ``device``: ``auto | cpu | cuda[:N]``
     for local training. ``train_inline``: train on the event loop (simulations under a
     mock clock only; see :mod:`p2pfl.federation.driver`). ``aggregation``: backend name
     (None: what the federation file says). ``candidates``: agreed cohort candidates
@@ -191,6 +223,7 @@ class PeerConfig:
     listen: str = "tcp:127.0.0.1:0"
     bootstrap: tuple[str, ...] = ()
     checkpoint_dir: str | Path | None = None
+    keep_models: int = 0
     device: str = "auto"
     train_inline: bool = False
     aggregation: str | None = None
@@ -343,6 +376,9 @@ async def open_peer(
     another :class:`~p2pfl.errors.P2PFLError` (key file,
     :class:`~p2pfl.federation.CheckpointError`) before anything runs.
     """
+    if config.keep_models < 0 or (config.keep_models > 0 and config.checkpoint_dir is None):
+        raise ConfigError(f"keep_models: must be 0, or positive with a checkpoint_dir; got "
+                          f"{config.keep_models!r} (checkpoint_dir {config.checkpoint_dir!r})")
     identity = _identity(config.identity)
     fed = _federation(config.federation)
     if not fed.membership.admits(identity.peer_id):
@@ -381,11 +417,33 @@ async def open_peer(
             public_key=_key_lookup(fed, identity, overlay),
         )
         async with trio.open_nursery() as nursery:
+            if config.keep_models > 0:
+                assert config.checkpoint_dir is not None
+                nursery.start_soon(_keep_models, driver.subscribe(), config.checkpoint_dir, fed,
+                                   config.keep_models, config.train_inline)
             await nursery.start(driver.run)
             try:
                 yield Peer(identity, fed, overlay, driver, ledger)
             finally:
                 nursery.cancel_scope.cancel()
+
+
+async def _keep_models(events: trio.MemoryReceiveChannel[DriverEvent], directory: str | Path,
+                       fed: Federation, keep: int, inline: bool) -> None:
+    """:func:`save_model` the state of every round started (in a thread unless
+    ``inline``); a failed write is logged, the peer runs on."""
+    async with events:
+        async for ev in events:
+            if not isinstance(ev, RoundStarted):
+                continue
+            try:
+                if inline:
+                    save_model(directory, fed, ev.state, keep)
+                else:
+                    await trio.to_thread.run_sync(save_model, directory, fed, ev.state, keep)
+            except OSError as e:
+                log.error("keep_models: saving the state of round %d in %s failed: %s",
+                          ev.state.round, directory, e)
 
 
 def _key_lookup(fed: Federation, identity: Identity,

@@ -73,6 +73,15 @@ def _int(x: object, lo: int, hi: int, what: str) -> int:
     return x
 
 
+def _ints(xs: Sequence[Any], lo: int, hi: int, what: str) -> None:
+    """Every item of ``xs`` an int (not bool) with ``lo <= x < hi`` (:func:`_int` of
+    each, in a few passes over C loops: share and residue vectors are long)."""
+    if not all(type(x) is int for x in xs):
+        raise MessageError(f"{what}: expected ints in [{lo}, {hi})")
+    if xs and not (lo <= min(xs) and max(xs) < hi):
+        raise MessageError(f"{what}: expected ints in [{lo}, {hi})")
+
+
 def _bytes(x: object, what: str, exact: int | None = None, most: int = MAX_SIG_BYTES) -> bytes:
     if not isinstance(x, bytes):
         raise MessageError(f"{what}: expected bytes")
@@ -129,8 +138,8 @@ def _residues(x: object, moduli: Sequence[int], what: str) -> None:
     if not isinstance(x, tuple) or len(x) % len(moduli):
         raise MessageError(f"{what}: expected a tuple of residues")
     k = len(moduli)
-    for i, v in enumerate(x):
-        _int(v, 0, moduli[i % k], what)
+    for j, m in enumerate(moduli):
+        _ints(x[j::k], 0, m, what)
 
 
 def _sig(x: object) -> None:
@@ -467,18 +476,17 @@ class UnmaskShares(Message):
     sketch_sum: tuple[int, ...] | None = None
 
     def check(self, cfg: GroupConfig) -> None:
-        for _, s in _pairs(self.b_shares, cfg.n, "b_shares"):
-            _int(s, 0, BIG_PRIME, "b share")
-        for _, s in _pairs(self.sk_shares, cfg.n, "sk_shares"):
-            _int(s, 0, BIG_PRIME, "sk share")
+        _ints([s for _, s in _pairs(self.b_shares, cfg.n, "b_shares")], 0, BIG_PRIME, "b share")
+        _ints([s for _, s in _pairs(self.sk_shares, cfg.n, "sk_shares")], 0, BIG_PRIME,
+              "sk share")
         if self.sketch_sum is not None:
             if cfg.sketch is None or not isinstance(self.sketch_sum, tuple):
                 raise MessageError("sketch_sum: unexpected")
             rows, moduli = cfg.sketch.rows, cfg.sketch.moduli
             if len(self.sketch_sum) != rows * len(moduli):
                 raise MessageError("sketch_sum: wrong length")
-            for j, x in enumerate(self.sketch_sum):
-                _int(x, 0, moduli[j // rows], "sketch_sum")
+            for j, m in enumerate(moduli):
+                _ints(self.sketch_sum[j * rows:(j + 1) * rows], 0, m, "sketch_sum")
 
 
 @dataclass(frozen=True)

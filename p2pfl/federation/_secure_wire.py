@@ -203,7 +203,7 @@ _SHARE_FIELDS: Final = frozenset({"b_shares", "sk_shares"})
 def _out(v: Any) -> Any:
     if isinstance(v, Message):
         return to_wire(v)
-    if isinstance(v, tuple):
+    if isinstance(v, tuple) and not (v and type(v[0]) is int):  # (fields are homogeneous)
         return tuple(_out(x) for x in v)
     return v
 
@@ -211,7 +211,7 @@ def _out(v: Any) -> Any:
 def _in(v: Any) -> Any:
     if type(v) in _FROM_WIRE:
         return from_wire(v)
-    if isinstance(v, tuple):
+    if isinstance(v, tuple) and not (v and type(v[0]) is int):  # (fields are homogeneous)
         return tuple(_in(x) for x in v)
     return v
 

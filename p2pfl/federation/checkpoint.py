@@ -53,19 +53,24 @@ def save_checkpoint(path: str | os.PathLike[str], state: GlobalState) -> None:
     atomic_write(Path(path), data, mode=0o600)
 
 
-def load_checkpoint(path: str | os.PathLike[str], federation: Federation | None = None) -> GlobalState:
+def load_checkpoint(path: str | os.PathLike[str], federation: Federation | None = None, *,
+                    max_size: int | None = None) -> GlobalState:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
-    With ``federation``, the checkpoint must belong to it. Raises
-    :class:`CheckpointError` for a missing, malformed, corrupt or foreign file.
+    With ``federation``, the checkpoint must belong to it; with ``max_size``, it
+    must be at most that many bytes (only that much is read). Raises
+    :class:`CheckpointError` for a missing, oversized, malformed, corrupt or foreign file.
     """
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with p.open("rb") as f:
+            data = f.read() if max_size is None else f.read(max_size + 1)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {p} does not exist") from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {p}: {e.strerror}") from e
+    if max_size is not None and len(data) > max_size:
+        raise CheckpointError(f"checkpoint {p} is larger than {max_size} bytes")
     try:
         ck = decode_as(data, CheckpointFile, max_size=max(len(data), 1))
     except RemoteProtocolError as e:

@@ -152,12 +152,6 @@ class GroupWitness:
     endorsements: Endorsements = ()
     abort_endorsements: Annotated[tuple[Endorsement, ...], MaxLen(64)] = ()
 
-    @property
-    def update_sum(self) -> None:
-        """Always None: records carry no sums (ledger format 2).  Kept only while
-        ``p2pfl.sim._processes._replay`` still reads it; remove with that."""
-        return None
-
 
 @message(0x0605)
 class Record:

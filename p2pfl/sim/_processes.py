@@ -16,11 +16,18 @@ The parent only *observes*, as a monitoring script would:
 
 * every ``_POLL`` seconds it asks each node's control socket for ``status``
   (:mod:`p2pfl.control`): the round, and the history round -> model hash;
-* it reads each node's checkpoint (``checkpoint_dir/state-<fid>.ckpt``, written
-  atomically at the start of every round) whenever the file changed: the model after
-  the previous round, whose hash must be the one the node reported.  These are the
-  only models the parent can evaluate: a round whose model no checkpoint showed gets
-  ``accuracy: null``;
+* the nodes run with ``keep_models`` (:class:`p2pfl.peer.PeerConfig`): at the start
+  of every round each writes its state, atomically, to
+  ``checkpoint_dir/models/state-<fid>-<R>.ckpt`` (R: rounds completed), keeping the
+  last ``rounds + 1 + _KEEP_SLACK``.  Every ``_FILE_POLL`` seconds, and once more
+  after the nodes stopped, the parent reads the files of rounds 0 .. ``rounds`` it
+  has not read (at most the size of a model and its optimizer moments; the
+  checkpoint digest is checked).  A file's model is used only when the hash the
+  parent computes is the one its node reported for that round (or, for a round the
+  node never reported, one any node reported); any other file, or one that does not
+  load, is counted in ``model_files_rejected`` (a file is not read when the parent
+  already holds the model under the hash its node reported for that round).  A
+  round whose model no file showed gets ``accuracy: null``;
 * after the run, the first node's ledger file (a copy, never the node's file): the
   signed round records (groups accepted / aborted / missing, dropped and excluded
   members) and, replayed record by record, reputation and weight after every round.
@@ -78,7 +85,8 @@ from ._report import (
 __all__ = ["federation_toml", "run_process_simulation"]
 
 _POLL: Final = 0.5  # seconds between two status polls
-_CKPT_POLL: Final = 0.05  # seconds between two looks at the checkpoint files (a stat each)
+_FILE_POLL: Final = 0.25  # seconds between two looks at the model files (a listing each)
+_KEEP_SLACK: Final = 4  # model files kept beyond rounds + 1 (the nodes run on until stopped)
 _ASK_TIMEOUT: Final = 3.0  # seconds a node has to answer one status request
 _STARTUP: Final = 120.0  # seconds allowed for starting the processes (imports, joining)
 _STOP: Final = 30.0  # seconds between SIGINT and SIGKILL
@@ -172,7 +180,7 @@ class _Proc:
     proc: subprocess.Popen[bytes] | None = None
     round: int = -1
     history: dict[int, str] = field(default_factory=dict)  # rounds completed -> hash
-    ckpt_seen: tuple[int, int] | None = None  # (mtime_ns, size) last read
+    files_seen: set[str] = field(default_factory=set)  # model files read (or refused)
     exit: int | None = None
     stopped: bool = False  # still running when the watch ended (we stopped it)
 
@@ -203,6 +211,7 @@ def _write_run_dir(root: Path, cfg: SimConfig, fed: Federation, ids: list[Identi
             f'key = "p{i}.key"\nfederation = "federation.toml"\n'
             f'listen = "{addrs[i]}"\nbootstrap = [{boot_list}]\n'
             f'checkpoint_dir = "state{i}"\ncontrol = "p{i}.sock"\n'
+            f"keep_models = {cfg.rounds + 1 + _KEEP_SLACK}\n"
             f"device = {_toml_string(cfg.device)}\nwarmup = {_WARMUP}\n\n"
             f"[task]\nname = {_toml_string(task)}\npeer_index = {i}\nn_peers = {cfg.peers}\n"
             f"partition = {_toml_string(cfg.partition)}\nseed = {cfg.seed}\n"
@@ -223,10 +232,13 @@ class _Seen:
     """What the parent observed (the raw material of the summary)."""
 
     held: dict[PeerId, dict[int, set[str]]] = field(default_factory=dict)  # r -> hashes after r
-    models: dict[str, np.ndarray] = field(default_factory=dict)
+    models: dict[str, np.ndarray] = field(default_factory=dict)  # verified (hash -> model)
+    file_models: dict[str, np.ndarray] = field(default_factory=dict)  # read, not yet verified
+    files: dict[PeerId, dict[int, str]] = field(default_factory=dict)  # r -> file's hash after r
+    files_unreadable: int = 0  # model files that would not load (oversized, corrupt, ...)
     wall_by_round: dict[int, float] = field(default_factory=dict)  # first node done with r
-    # (time.time(): a checkpoint's mtime -- the node started round r + 1 -- else the poll
-    # that first saw a node past r)
+    # (time.time(): a model file's mtime -- the node started round r + 1 -- else the
+    # poll that first saw a node past r)
     startup_s: float | None = None  # until every node answered its control socket
     last_status: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -235,13 +247,33 @@ class _Seen:
         ``completed - 1``; -1: the initial model)."""
         self.held.setdefault(peer, {}).setdefault(completed - 1, set()).add(h)
 
+    def verify_files(self) -> int:
+        """Move every file model whose hash its node reported for that round (any node,
+        for a round its node never reported) to ``models``; return the files refused."""
+        everyone: dict[int, set[str]] = {}
+        for held in self.held.values():
+            for r, hs in held.items():
+                everyone.setdefault(r, set()).update(hs)
+        refused = 0
+        for peer, files in self.files.items():
+            own = self.held.get(peer, {})
+            for r, h in files.items():
+                if h in (own[r] if own.get(r) else everyone.get(r, ())):
+                    self.models.setdefault(h, self.file_models[h])
+                else:
+                    refused += 1
+        return refused
+
 
 class _Watch:
     def __init__(self, cfg: SimConfig, fed: Federation, procs: list[_Proc],
-                 on_round: Callable[[int], None], t0: float) -> None:
+                 on_round: Callable[[int], None], t0: float, dim: int) -> None:
         self.cfg, self.fed, self.procs, self.on_round, self.t0 = cfg, fed, procs, on_round, t0
         self.seen = _Seen()
         self.top = 0
+        # a model file: the model (float32) and at most two optimizer moments (float64)
+        self.max_file = 20 * dim + (1 << 16)
+        self._name = re.compile(re.escape(f"state-{fed.id_hex[:16]}-") + r"([0-9]{8})\.ckpt")
 
     async def _ask(self, p: _Proc) -> None:
         from p2pfl.control import ControlError, request
@@ -256,28 +288,46 @@ class _Watch:
             p.history[int(r)] = str(h)
             self.seen.hold(p.id, int(r), str(h))
 
-    def read_checkpoint(self, p: _Proc) -> None:
+    def read_models(self, p: _Proc) -> None:
+        """Read the model files of ``p`` not read yet (see the module docstring)."""
         from p2pfl.federation import CheckpointError
 
+        folder = p.state.parent / "models"
         try:
-            st = os.stat(p.state)
+            names = sorted(e.name for e in os.scandir(folder) if e.name not in p.files_seen)
         except OSError:
-            return
-        key = (st.st_mtime_ns, st.st_size)
-        if key == p.ckpt_seen:
-            return
-        try:
-            state = load_checkpoint(p.state, self.fed)
-        except CheckpointError:
-            return  # replaced while reading (cannot happen with atomic writes) -- retry
-        p.ckpt_seen = key
-        if 0 < state.round <= self.cfg.rounds:
-            r = state.round - 1
-            self.seen.wall_by_round[r] = min(self.seen.wall_by_round.get(r, st.st_mtime),
-                                             st.st_mtime)
-        h = hash_vector(state.model)
-        self.seen.hold(p.id, state.round, h)
-        self.seen.models.setdefault(h, np.array(state.model, dtype=np.float32))
+            return  # not written yet
+        for name in names:
+            m = self._name.fullmatch(name)
+            if m is None:
+                continue  # a temporary file (being written) or another federation's
+            completed = int(m.group(1))
+            if completed > self.cfg.rounds:  # the nodes ran on: not part of the summary
+                p.files_seen.add(name)
+                continue
+            try:
+                mtime = os.stat(folder / name).st_mtime
+                known = p.history.get(completed)
+                if known is not None and known in self.seen.file_models:
+                    h = known  # the same model from another node: no need to read it
+                else:
+                    state = load_checkpoint(folder / name, self.fed, max_size=self.max_file)
+                    if state.round != completed:
+                        raise CheckpointError(f"{name} holds the state of round {state.round}")
+                    h = hash_vector(state.model)
+                    self.seen.file_models.setdefault(h, np.array(state.model, dtype=np.float32))
+            except FileNotFoundError:
+                p.files_seen.add(name)  # deleted (the node keeps only the last ones)
+                continue
+            except (OSError, CheckpointError):
+                p.files_seen.add(name)
+                self.seen.files_unreadable += 1
+                continue
+            p.files_seen.add(name)
+            self.seen.files.setdefault(p.id, {})[completed - 1] = h
+            if 0 < completed <= self.cfg.rounds:
+                r = completed - 1
+                self.seen.wall_by_round[r] = min(self.seen.wall_by_round.get(r, mtime), mtime)
 
     async def poll(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -297,16 +347,16 @@ class _Watch:
     def finished(self) -> bool:
         return all(p.round >= self.cfg.rounds for p in self.procs if p.running)
 
-    async def _read_checkpoints(self) -> None:
+    async def _read_models(self) -> None:
         while True:
             for p in self.procs:
-                self.read_checkpoint(p)
-            await trio.sleep(_CKPT_POLL)
+                self.read_models(p)
+            await trio.sleep(_FILE_POLL)
 
     async def main(self) -> None:
         limit = _STARTUP + self.cfg.rounds * self.fed.timeouts.round
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read_checkpoints)
+            nursery.start_soon(self._read_models)
             with trio.move_on_after(limit):
                 while not self.finished() and any(p.running for p in self.procs):
                     await self.poll()
@@ -373,57 +423,15 @@ def _ledger_records(fed: Federation, procs: list[_Proc]) -> list[Any]:
     return []
 
 
-def _replay(fed: Federation, initial: GlobalState, records: list[Any], seen: _Seen) -> int:
-    """Recompute the global model of each round from the ledger: the federation's
-    strategy step over the accepted groups' update sums (kept in the witnesses when
-    the result signatures cover the whole body), from ``initial``.  A model is kept
-    only when its hash is the one the record names; the replay stops at the first
-    round it cannot reproduce.  Returns the rounds reproduced."""
-    from p2pfl.learning.strategy import GroupResult
-    from p2pfl.ledger import GroupStatus
-
-    model, sstate = initial.model, initial.strategy_state
-    done = 0
-    for rec in sorted(records, key=lambda x: x.body.round):
-        body = rec.body
-        if body.round != done:
-            break
-        sums = {w.index: w.update_sum for w in rec.witnesses}
-        results = []
-        for slot in body.groups:
-            if slot.status is not GroupStatus.ACCEPTED or slot.header is None:
-                continue
-            if sums.get(slot.index) is None:
-                return done
-            hd = slot.header
-            results.append(GroupResult(slot.index, np.asarray(sums[slot.index]), hd.total_weight,
-                                       hd.total_samples))
-        try:
-            model, sstate = fed.strategy.apply(model, results, sstate)
-        except ValueError:
-            return done
-        h = hash_vector(model)
-        if h != body.model_hash.hex():
-            return done
-        seen.models.setdefault(h, np.array(model, dtype=np.float32))
-        done += 1
-    return done
-
-
 def _summary(cfg: SimConfig, fed: Federation, tasks: list[Any], procs: list[_Proc],
-             seen: _Seen, *, wall_s: float, t0: float) -> Summary:
+             seen: _Seen, start: GlobalState, *, wall_s: float, t0: float) -> Summary:
     from p2pfl.ledger import GroupStatus, Standing
-    from p2pfl.peer import initial_model
 
     evaluate = _evaluator(tasks, fed.seed)
     agree, bad_rounds = models_agree(seen.held, cfg.rounds)
-    start = GlobalState.initial(fed, initial_model(tasks[0], fed))
+    seen.models.setdefault(hash_vector(start.model), np.array(start.model))  # ours: no check
+    refused = seen.verify_files()
     ledger = _ledger_records(fed, procs)
-    replayed = 0
-    reported = {h for held in seen.held.values() for h in held.get(-1, ())}
-    if reported == {hash_vector(start.model)}:  # the round-0 model every node reported
-        seen.models.setdefault(hash_vector(start.model), np.array(start.model))
-        replayed = _replay(fed, start, ledger, seen)
     records: dict[int, Any] = {}
     standing: dict[int, Standing] = {}
     st = Standing.initial(fed)
@@ -492,7 +500,7 @@ def _summary(cfg: SimConfig, fed: Federation, tasks: list[Any], procs: list[_Pro
         **run_fields(cfg, fed, metrics, initial, agree, bad_rounds, canonical),
         "transport": "tcp",
         "models_loaded_by_round": [h is not None and h in seen.models for h in canonical[1:]],
-        "rounds_replayed": replayed,
+        "model_files_rejected": refused + seen.files_unreadable,
         "malicious": [],
         "reputation": {} if final is None else {
             str(p): s for p, s in sorted(final.reputation().items())},
@@ -527,17 +535,18 @@ def run_process_simulation(cfg: SimConfig) -> Summary:
     Raises :class:`~p2pfl.errors.ConfigError` for invalid options (before starting a
     process).  Every process started is stopped before it returns or raises.
     """
-    from p2pfl.peer import resolve_aggregation
+    from p2pfl.peer import initial_model, resolve_aggregation
 
     from ._run import _load_tasks, _training_table
 
     cfg.validate()
-    t0 = time.time()  # wall clock: compared with the checkpoints' mtimes
+    t0 = time.time()  # wall clock: compared with the model files' mtimes
     tasks = _load_tasks(cfg)
     ids = sim_identities(cfg.peers, cfg.seed)
     cap = max(int(t.num_samples) for t in tasks)
     fed = build_federation(cfg, ids, sample_cap=cap, training=_training_table(cfg))
     resolve_aggregation(None, fed)
+    start = GlobalState.initial(fed, initial_model(tasks[0], fed))
     # a short private directory: Unix socket paths must stay under 100 bytes
     with tempfile.TemporaryDirectory(prefix="p2pfl-sim-") as tmp:
         root = Path(tmp)
@@ -546,7 +555,7 @@ def run_process_simulation(cfg: SimConfig) -> Summary:
             for p in procs:
                 _start(p, Path.cwd())  # a user task is imported from the caller's directory
             with progress_bar(cfg) as advance:
-                watch = _Watch(cfg, fed, procs, advance, t0)
+                watch = _Watch(cfg, fed, procs, advance, t0, start.model.size)
                 trio.run(watch.main)
         finally:
             _stop(procs)
@@ -556,10 +565,10 @@ def run_process_simulation(cfg: SimConfig) -> Summary:
                 for p in procs:
                     with contextlib.suppress(OSError):
                         shutil.copyfile(p.log, logs / p.log.name)
-        for p in procs:  # the state each node stopped with
-            watch.read_checkpoint(p)
+        for p in procs:  # the files written since the last look
+            watch.read_models(p)
         wall = time.time() - t0
-        summary = _summary(cfg, fed, tasks, procs, watch.seen, wall_s=wall, t0=t0)
+        summary = _summary(cfg, fed, tasks, procs, watch.seen, start, wall_s=wall, t0=t0)
     if cfg.out is not None:
         write_outputs(summary, cfg.out)
     return summary

@@ -67,6 +67,7 @@ WIRE_VERSION = 1
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 _DEFAULT_MAX_STR = 4096
 _DEFAULT_MAX_SEQ = 65536
+_INT_RANGES: dict[Any, tuple[float, float]] = {}  # int decoders -> their range (a fast path)
 _MAX_NDIM = 8
 _MAX_DEPTH = 24
 _ALLOWED_DTYPES = frozenset(
@@ -196,6 +197,7 @@ def _compile(tp: Any) -> tuple[_Enc, _Dec]:
             if not lo <= v <= hi:
                 raise _fail(w, f"{v} outside [{lo}, {hi}]")
             return int(v)
+        _INT_RANGES[dec_int] = (lo, hi)
         return (lambda v: int(v)), dec_int
     if base is float:
         flo = -math.inf if rng is None or rng.lo is None else rng.lo
@@ -237,12 +239,22 @@ def _compile(tp: Any) -> tuple[_Enc, _Dec]:
             lim = maxlen.n if maxlen else _DEFAULT_MAX_SEQ
             exact_t = bool(maxlen and maxlen.exact)
 
+            int_range = _INT_RANGES.get(idec)
+
             def dec_seq(v: Any, w: str) -> tuple[Any, ...]:
                 if type(v) is not list:
                     raise _fail(w, "expected a list")
                 if len(v) != lim if exact_t else len(v) > lim:
                     raise _fail(w, f"{len(v)} items, limit {lim}")
-                return tuple(idec(x, f"{w}[{i}]") for i, x in enumerate(v))
+                if int_range is not None and all(type(x) is int for x in v) and (
+                        not v or (int_range[0] <= min(v) and max(v) <= int_range[1])):
+                    return tuple(v)  # plain ints in range: what idec returns, item by item
+                try:  # the item's path is formatted only for the error (decoding is pure)
+                    return tuple(idec(x, w) for x in v)
+                except RemoteProtocolError:
+                    for i, x in enumerate(v):
+                        idec(x, f"{w}[{i}]")
+                    raise
             return (lambda v: [ienc(x) for x in v]), dec_seq
         parts = [_compile(a) for a in targs]
 

@@ -48,13 +48,18 @@ def test_sim_over_tcp_processes(tmp_path: Path) -> None:
     assert d["transport"] == "tcp" and d["peers"] == 4
     assert d["models_agree"] is True and d["rounds_completed"] == 2
     assert isinstance(d["final_accuracy"], float) and d["final_accuracy"] > 0.8
+    # every round's model came from the nodes' model files (keep_models), hash-checked
+    assert len(d["accuracy_by_round"]) == 2
     assert all(isinstance(a, float) for a in d["accuracy_by_round"])
+    assert d["models_loaded_by_round"] == [True, True] and d["model_files_rejected"] == 0
+    assert "rounds_replayed" not in d
     assert d["down_at_end"] == [] and d["lagging_peers"] == []
     assert set(d["node_exit_codes"].values()) == {0}  # clean shutdowns on SIGINT
     assert d["aborted_groups_by_round"] == [0, 0]
     assert set(d["reputation"]) == set(d["peer_ids"])
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["round"] for m in metrics] == [0, 1]
+    assert all(isinstance(m["accuracy"], float) for m in metrics)
     assert all(m["groups_accepted"] == m["groups"] >= 1 for m in metrics)
     assert (out / "accuracy.png").stat().st_size > 0
     assert sorted(p.name for p in (out / "nodes").iterdir()) == [f"p{i}.log" for i in range(4)]

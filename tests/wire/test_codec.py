@@ -254,3 +254,33 @@ def test_peer_id_text_form() -> None:
         PeerId.parse("nope")
     with pytest.raises(RemoteProtocolError):
         PeerId(b"short")
+
+
+@message(0xFF07)
+class _Ints:
+    xs: Annotated[tuple[Annotated[int, Range(0, 9)], ...], MaxLen(8)]
+    nested: tuple[tuple[Annotated[int, Range(0, 9)], ...], ...] = ()
+
+
+@pytest.mark.parametrize(
+    ("xs", "nested", "match"),
+    [
+        ([1, 2, 10], [], r"xs\[2\]: 10 outside \[0, 9\]"),
+        ([1, True], [], r"xs\[1\]: expected int, got bool"),
+        ([1, 2.0], [], r"xs\[1\]: expected int, got float"),
+        ([-1], [], r"xs\[0\]: -1 outside"),
+        ([1] * 9, [], "9 items, limit 8"),
+        ([], [[1], [2, 3, 99]], r"nested\[1\]\[2\]: 99 outside"),
+    ],
+)
+def test_sequences_of_ints_name_the_bad_item(xs: object, nested: object, match: str) -> None:
+    """Integer sequences are checked in bulk; a failure still names its item."""
+    data = cbor2.dumps([WIRE_VERSION, 0xFF07, [xs, nested]])
+    with pytest.raises(RemoteProtocolError, match=match):
+        decode(data)
+
+
+def test_sequences_of_ints_decode_to_plain_int_tuples() -> None:
+    msg = decode(encode(_Ints((0, 9, 3), ((1,), (), (2, 8)))))
+    assert msg == _Ints((0, 9, 3), ((1,), (), (2, 8)))
+    assert all(type(x) is int for x in msg.xs) and type(msg.xs) is tuple
