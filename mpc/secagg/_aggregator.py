@@ -22,16 +22,12 @@ once). Survivors U3 are exactly the members whose masked input the primary got i
 time: a member that drops after sending it is a survivor, and its self-mask is
 removed with the shares of its holders.
 
-Scoring (stage 3): every validator returns, per owner it holds a sketch of, its
-shares of ||z_u||^2 (and <z_u, ref>) modulo each prime of ``SketchConfig.moduli``,
-and with ``pairwise`` its shares of <z_u, z_v> per pair. Each residue is opened
-with the threshold of its degree (``2 t - 1`` for products, ``t`` for linear
-scores), scalars with the same holders decoded together so one decode names a
-lying validator; the residues of one value are recombined by the Chinese remainder
-theorem into an exact signed integer (:class:`SketchScore`). The hook then sees
-the scores and the sketch seed. At unmask, the members' shares of the included
-members' sketch sum are opened per prime and recombined the same way
-(``OutputReady.sketch_sum``, for the binding check).
+Scoring (stage 3, :mod:`~mpc.secagg._aggregator_sketch`): validators' shares of each
+survivor's sketch scores are opened modulo several primes and recombined into exact
+integers for the exclusion hook; at unmask the included members' sketch sum is
+opened the same way (``OutputReady.sketch_sum``, for the binding check). The states
+and which state consumes each message are one table
+(:mod:`~mpc.secagg._aggregator_state`).
 
 Unmasking reconstructs each needed seed from exactly ``threshold`` shares, checks
 every extra share, names holders whose shares are off the polynomial (and decodes
@@ -41,10 +37,8 @@ public key, then removes all masks in one fused pass over the accumulator.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -52,9 +46,11 @@ from numpy.typing import NDArray
 from mpc.prg import MaskExpander
 
 from . import _crypto as cx
-from ._config import GroupConfig, Phase, Stage
+from ._aggregator_sketch import SketchStage
+from ._aggregator_state import PHASE, STAGE, TRANSITIONS, AggState, consumer
+from ._config import GroupConfig, Stage
 from ._events import Evidence, EvidenceKind, OutputReady, SketchScore, StageReached
-from ._machine import LocalProtocolError, Machine, RemoteError, Sign, Verify
+from ._machine import LocalProtocolError, RemoteError, Sign, Verify
 from ._messages import (
     AbortNotice,
     Announce,
@@ -71,19 +67,16 @@ from ._messages import (
     ShareRelay,
     SigBundle,
     SignedKeys,
-    SketchRelay,
     SketchRequest,
     SketchShares,
     UnmaskShares,
     consistency_bytes,
     transcript,
 )
-from ._opening import exact, exact_array, open_many, open_mod, open_seed
+from ._opening import open_seed
 from ._reveal import feasible, needed_secrets
 
 __all__ = ["AggState", "Aggregator", "ExclusionHook"]
-
-K = TypeVar("K", bound=Hashable)
 
 ExclusionHook = Callable[
     [Mapping[int, SketchScore | None], bytes | None], "set[int] | frozenset[int]"
@@ -93,61 +86,7 @@ survivor to its opened :class:`SketchScore` (None: no sketch stage, or its score
 could not be opened); ``sketch_seed`` is the public seed of the sketch map (None
 without a sketch stage), from which the policy can rebuild S and the reference."""
 
-
-class AggState(enum.Enum):
-    """States of :class:`Aggregator`, in protocol order."""
-
-    KEYS = "keys"
-    SHARES = "shares"
-    MASKED = "masked"
-    SKETCH = "sketch"
-    SCORES = "scores"
-    CONSISTENCY = "consistency"
-    UNMASK = "unmask"
-    DONE = "done"
-    ABORTED = "aborted"
-    ERROR = "error"
-
-
 A = AggState
-_AB = frozenset({A.ABORTED})
-TRANSITIONS: dict[AggState, frozenset[AggState]] = {
-    A.KEYS: frozenset({A.SHARES}) | _AB,
-    A.SHARES: frozenset({A.MASKED}) | _AB,
-    A.MASKED: frozenset({A.SKETCH, A.CONSISTENCY}) | _AB,
-    A.SKETCH: frozenset({A.SCORES}) | _AB,
-    A.SCORES: frozenset({A.CONSISTENCY}) | _AB,
-    A.CONSISTENCY: frozenset({A.UNMASK}) | _AB,
-    A.UNMASK: frozenset({A.DONE}) | _AB,
-}
-_STAGE = {
-    A.KEYS: Stage.KEYS,
-    A.SHARES: Stage.SHARES,
-    A.MASKED: Stage.MASKED,
-    A.SKETCH: Stage.SKETCH,
-    A.SCORES: Stage.SKETCH,
-    A.CONSISTENCY: Stage.CONSISTENCY,
-    A.UNMASK: Stage.UNMASK,
-    A.DONE: Stage.OUTPUT,
-}
-_PHASE = {
-    A.KEYS: Phase.KEYS,
-    A.SHARES: Phase.SHARES,
-    A.MASKED: Phase.MASKED,
-    A.SKETCH: Phase.SKETCH_SHARES,
-    A.SCORES: Phase.SCORES,
-    A.CONSISTENCY: Phase.CONSISTENCY,
-    A.UNMASK: Phase.UNMASK,
-}
-_PRIMARY_ONLY = {SignedKeys: A.KEYS, ShareKeys: A.SHARES, SketchShares: A.SKETCH}
-_ALL = {
-    MaskedInput: A.MASKED,
-    ScoreShares: A.SCORES,
-    ConsistencySig: A.CONSISTENCY,
-    Complaint: A.CONSISTENCY,
-    UnmaskShares: A.UNMASK,
-}
-_DECISION_STATE = {Stage.KEYS: A.KEYS, Stage.SHARES: A.SHARES, Stage.MASKED: A.MASKED}
 
 
 def _no_exclusions(
@@ -156,7 +95,7 @@ def _no_exclusions(
     return frozenset()
 
 
-class Aggregator(Machine[AggState]):
+class Aggregator(SketchStage):
     """One aggregator of a group (``party`` in ``cfg.aggregators``).
 
     ``decide_exclusions`` is the exclusion policy (default: exclude nobody, see
@@ -223,7 +162,7 @@ class Aggregator(Machine[AggState]):
 
     def next_deadline(self) -> float | None:
         """Absolute time at which the current window closes, or None when finished."""
-        phase = _PHASE.get(self._state)
+        phase = PHASE.get(self._state)
         if phase is None:
             return None
         d = self.cfg.deadline(self._start, phase)
@@ -241,36 +180,13 @@ class Aggregator(Machine[AggState]):
         self._emit(StageReached(stage))
 
     def _stage_of(self, state: AggState) -> Stage | None:
-        return _STAGE.get(state)
+        return STAGE.get(state)
 
     def _current_stage(self) -> Stage:
-        return _STAGE.get(self._state, Stage.OUTPUT)
+        return STAGE.get(self._state, Stage.OUTPUT)
 
     def _consumer(self, sender: int, msg: Message) -> AggState | None:
-        cfg = self.cfg
-        if isinstance(msg, Decision):
-            if self.primary or sender != cfg.primary:
-                return None
-            if msg.stage == Stage.OUTPUT:
-                return self._state
-            return _DECISION_STATE.get(Stage(msg.stage))
-        if isinstance(msg, ForwardedInput):
-            return None if self.primary or sender != cfg.primary else A.MASKED
-        if isinstance(msg, InputRequest):
-            if not self.primary or sender not in cfg.aggregators[1:]:
-                return None
-            return self._state if self.u3 is not None else A.SKETCH
-        if not 0 <= sender < cfg.n:
-            return None
-        t = _PRIMARY_ONLY.get(type(msg))
-        if t is not None:
-            if not self.primary or (t is A.SKETCH and cfg.sketch is None):
-                return None
-            return t
-        t = _ALL.get(type(msg))
-        if t is A.SCORES and cfg.sketch is None:
-            return None
-        return t
+        return consumer(self.cfg, self.primary, self._state, self.u3 is not None, sender, msg)
 
     def _handle(self, sender: int, msg: Message) -> None:
         handler = {
@@ -497,100 +413,6 @@ class Aggregator(Machine[AggState]):
                 return self._stop("cannot follow the primary's U3: input not retained")
         self._after_u3()
 
-    # stage 3 --------------------------------------------------------------
-
-    def _on_sketch_shares(self, sender: int, msg: SketchShares) -> None:
-        assert self.u3 is not None and self.cfg.sketch is not None
-        if sender not in self.u3 or sender in self._sketch_cts:
-            raise RemoteError(sender, EvidenceKind.UNEXPECTED, "sketch shares")
-        if {v for v, _ in msg.ciphertexts} != self.u3 - {sender}:
-            raise RemoteError(sender, EvidenceKind.MALFORMED, "sketch shares: wrong holders")
-        size = cx.sketch_ciphertext_bytes(self.cfg.sketch, len(self.u3))
-        if any(len(ct) != size for _, ct in msg.ciphertexts):
-            raise RemoteError(sender, EvidenceKind.MALFORMED, "sketch shares: wrong length")
-        self._sketch_cts[sender] = dict(msg.ciphertexts)
-        if len(self._sketch_cts) == len(self.u3):
-            self._close()
-
-    def _close_sketch(self) -> None:
-        assert self.u3 is not None
-        owners = sorted(self._sketch_cts)
-        for v in sorted(self.u3):
-            cts = tuple((u, self._sketch_cts[u][v]) for u in owners if u != v)
-            self._send(v, SketchRelay(cts))
-        self._sketch_cts.clear()
-        self._goto(A.SCORES)
-
-    def _on_score_shares(self, sender: int, msg: ScoreShares) -> None:
-        assert self.u3 is not None
-        if sender not in self.u3 or sender in self._score_shares:
-            raise RemoteError(sender, EvidenceKind.UNEXPECTED, "score shares")
-        owners = {u for u, _ in msg.scores}
-        if not owners <= self.u3:
-            raise RemoteError(sender, EvidenceKind.MALFORMED, "scores of non-survivors")
-        if any(u not in owners or v not in owners for u, v, _ in msg.pairs):
-            raise RemoteError(sender, EvidenceKind.MALFORMED, "pair scores of unscored owners")
-        self._score_shares[sender] = (dict(msg.scores), {(u, v): s for u, v, s in msg.pairs})
-        if len(self._score_shares) == len(self.u3):
-            self._close()
-
-    def _open_exact(
-        self,
-        entries: dict[K, list[tuple[int, tuple[int, ...]]]],
-        offset: int,
-        threshold: int,
-        what: str,
-    ) -> dict[K, int]:
-        """Open residue ``offset + i`` modulo the i-th prime of each key's points,
-        name the holders of bad shares, and recombine: exact value of each key whose
-        residues all opened."""
-        sk = self.cfg.sketch
-        assert sk is not None
-        per_prime: list[dict[K, int]] = []
-        for i, p in enumerate(sk.moduli):
-            pts = {key: [(x, s[offset + i]) for x, s in got] for key, got in entries.items()}
-            values, bad = open_many(pts, threshold, p)
-            for x in sorted(bad):
-                self._blame(x - 1, EvidenceKind.INCONSISTENT_SHARE, f"{what} share (mod {p})")
-            per_prime.append(values)
-        return {
-            key: exact([v[key] for v in per_prime], sk.moduli)
-            for key in entries
-            if all(key in v for v in per_prime)
-        }
-
-    def _close_scores(self) -> None:
-        sk = self.cfg.sketch
-        assert self.u3 is not None and sk is not None
-        validators = sorted(self._score_shares.items())
-        owner_pts: dict[int, list[tuple[int, tuple[int, ...]]]] = {
-            u: [(v + 1, sh[u]) for v, (sh, _) in validators if u in sh] for u in sorted(self.u3)
-        }
-        deg2 = 2 * sk.threshold - 1
-        norms = self._open_exact(owner_pts, 0, deg2, "norm")
-        dots: dict[int, int] = {}
-        if sk.with_reference:
-            dots = self._open_exact(owner_pts, sk.primes, sk.threshold, "dot")
-        pair_vals: dict[tuple[int, int], int] = {}
-        if sk.pairwise:
-            pair_pts: dict[tuple[int, int], list[tuple[int, tuple[int, ...]]]] = {}
-            for v, (_, pairs) in validators:
-                for key, shares in pairs.items():
-                    pair_pts.setdefault(key, []).append((v + 1, shares))
-            pair_vals = self._open_exact(dict(sorted(pair_pts.items())), 0, deg2, "pair")
-        partners: dict[int, dict[int, int]] = {u: {} for u in self.u3}
-        for (u, v), val in pair_vals.items():
-            partners[u][v] = val
-            partners[v][u] = val
-        scores: dict[int, SketchScore | None] = {}
-        for u in sorted(self.u3):
-            norm, dot = norms.get(u), dots.get(u)
-            ok = norm is not None and (dot is not None or not sk.with_reference)
-            scores[u] = SketchScore(norm, dot, partners[u]) if ok and norm is not None else None
-        self._score_shares.clear()
-        self._goto(A.CONSISTENCY)
-        self._announce_sets(scores)
-
     # stage 4 --------------------------------------------------------------
 
     def _announce_sets(self, scores: dict[int, SketchScore | None]) -> None:
@@ -774,24 +596,6 @@ class Aggregator(Machine[AggState]):
                 sketch_seed=self.sketch_seed,
             )
         )
-
-    def _open_sketch_sum(self) -> NDArray[np.int64] | NDArray[np.object_] | None:
-        sk = self.cfg.sketch
-        if sk is None:
-            return None
-        got = [(w + 1, m.sketch_sum) for w, m in sorted(self._unmask.items()) if m.sketch_sum]
-        xs = [x for x, _ in got]
-        rows = sk.rows
-        residues: list[NDArray[np.int64]] = []
-        for i, p in enumerate(sk.moduli):
-            ys = np.array([s[i * rows : (i + 1) * rows] for _, s in got], dtype=np.int64)
-            value, bad = open_mod(xs, ys.reshape(len(xs), rows), sk.threshold, p)
-            for x in sorted(bad):
-                self._blame(x - 1, EvidenceKind.INCONSISTENT_SHARE, f"sketch-sum share (mod {p})")
-            if value is None:
-                return None
-            residues.append(value)
-        return exact_array(residues, sk.moduli)
 
     # replica: the primary's decisions ---------------------------------------
 
