@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -26,13 +26,23 @@ __all__ = ["BoundedLru"]
 
 
 class BoundedLru(Generic[K, V]):
-    """At most ``capacity`` entries (0: remembers nothing); the least recently used
-    leaves first.  ``get`` counts ``hits`` and ``misses``."""
+    """At most ``capacity`` entries (0: remembers nothing) and, with ``weigh``, at
+    most ``max_weight`` in total (e.g. the bytes of the values: a memo of decoded
+    messages is bounded by memory, not only by count); the least recently used leaves
+    first.  ``on_evict(key, value)`` is called, under the lock, for each entry that
+    leaves to make room (not on :meth:`clear`).  ``get`` counts ``hits`` and
+    ``misses``."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, max_weight: int | None = None,
+                 weigh: Callable[[V], int] | None = None,
+                 on_evict: Callable[[K, V], None] | None = None) -> None:
         if capacity < 0:
             raise ValueError(f"capacity must be >= 0, got {capacity}")
+        if (max_weight is None) != (weigh is None):
+            raise ValueError("max_weight and weigh go together")
         self._capacity = capacity
+        self._max_weight, self._weigh, self._on_evict = max_weight, weigh, on_evict
+        self._weight = 0
         self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -40,6 +50,11 @@ class BoundedLru(Generic[K, V]):
     @property
     def capacity(self) -> int:
         return self._capacity
+
+    @property
+    def weight(self) -> int:
+        """The total weight held (0 without ``weigh``)."""
+        return self._weight
 
     def get(self, key: K) -> V | None:
         with self._lock:
@@ -56,13 +71,30 @@ class BoundedLru(Generic[K, V]):
             return key in self._items
 
     def put(self, key: K, value: V) -> None:
+        """Remember ``value`` for ``key`` (replacing an older value), then drop the
+        least recently used entries until both bounds hold -- ``value`` itself too,
+        when it alone weighs more than ``max_weight``."""
         with self._lock:
             if self._capacity == 0:
                 return
+            weigh = self._weigh
+            old = self._items.pop(key, None)
+            if old is not None and weigh is not None:
+                self._weight -= weigh(old)
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self._capacity:
-                self._items.popitem(last=False)
+            if weigh is not None:
+                self._weight += weigh(value)
+            self._shrink()
+
+    def _shrink(self) -> None:
+        items, weigh, limit = self._items, self._weigh, self._max_weight
+        while items and (len(items) > self._capacity
+                         or (limit is not None and self._weight > limit)):
+            k, v = items.popitem(last=False)
+            if weigh is not None:
+                self._weight -= weigh(v)
+            if self._on_evict is not None:
+                self._on_evict(k, v)
 
     def resize(self, capacity: int) -> None:
         """Keep at most ``capacity`` entries from now on (0: off)."""
@@ -70,13 +102,13 @@ class BoundedLru(Generic[K, V]):
             raise ValueError(f"capacity must be >= 0, got {capacity}")
         with self._lock:
             self._capacity = capacity
-            while len(self._items) > capacity:
-                self._items.popitem(last=False)
+            self._shrink()
 
     def clear(self) -> None:
         """Forget every entry and reset the counters."""
         with self._lock:
             self._items.clear()
+            self._weight = 0
             self.hits = self.misses = 0
 
     def __len__(self) -> int:

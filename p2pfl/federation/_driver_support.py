@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Final, Protocol
 
+from p2pfl._lru import BoundedLru
 from p2pfl.errors import LocalProtocolError
 from p2pfl.wire import MaxLen, PeerId, Range, decode, encode, message
 
@@ -176,50 +175,43 @@ class DecodeMemo:
     def __init__(self, shared: tuple[type, ...], *, max_items: int = 4096,
                  max_bytes: int = 64 << 20) -> None:
         self._shared = shared
-        self._max_items, self._max_bytes = max_items, max_bytes
-        self._items: OrderedDict[bytes, tuple[object, bytes]] = OrderedDict()
         self._ids: dict[int, tuple[bytes, object]] = {}  # id(payload) -> (payload, msg)
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self._items: BoundedLru[bytes, tuple[object, bytes]] = BoundedLru(
+            max_items, max_weight=max_bytes, weigh=lambda e: len(e[1]), on_evict=self._forget)
+
+    @property
+    def hits(self) -> int:
+        return self._items.hits
+
+    @property
+    def misses(self) -> int:
+        return self._items.misses
+
+    def _forget(self, key: bytes, entry: tuple[object, bytes]) -> None:
+        old = entry[1]
+        if (o := self._ids.get(id(old))) is not None and o[0] is old:
+            del self._ids[id(old)]
 
     def decode(self, payload: bytes) -> object:
         """:func:`p2pfl.wire.decode` of ``payload`` (the remembered object when the
         same bytes were decoded before). Raises :class:`RemoteProtocolError`."""
-        with self._lock:  # the very payload object seen before: no hashing at all
-            e = self._ids.get(id(payload))
-            if e is not None and e[0] is payload:
-                self.hits += 1
-                return e[1]
+        e = self._ids.get(id(payload))  # the very payload object seen before: no hashing
+        if e is not None and e[0] is payload:
+            self._items.hits += 1
+            return e[1]
         key = hashlib.blake2b(payload, digest_size=32, person=b"p2pfl/decodememo").digest()
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-                self.hits += 1
-                return hit[0]
-            self.misses += 1
+        hit = self._items.get(key)
+        if hit is not None:
+            return hit[0]
         msg = decode(payload)
         if isinstance(msg, self._shared):
-            with self._lock:
-                if key not in self._items:
-                    self._items[key] = (msg, payload)
-                    self._ids[id(payload)] = (payload, msg)
-                    self._bytes += len(payload)
-                while self._items and (len(self._items) > self._max_items
-                                       or self._bytes > self._max_bytes):
-                    _, (_, old) = self._items.popitem(last=False)
-                    self._bytes -= len(old)
-                    if (o := self._ids.get(id(old))) is not None and o[0] is old:
-                        del self._ids[id(old)]
+            self._ids[id(payload)] = (payload, msg)
+            self._items.put(key, (msg, payload))
         return msg
 
     def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._ids.clear()
-            self._bytes = 0
-            self.hits = self.misses = 0
+        self._items.clear()
+        self._ids.clear()
 
 
 def result_size_bound(msg: SignedGroupResult) -> int:

@@ -48,11 +48,11 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from p2pfl._lru import BoundedLru
 from p2pfl.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.identity import Identity, Signed, seal, verify_signature
 from p2pfl.wire import PeerId, decode_as
@@ -83,46 +83,20 @@ _MAX_ORIGINS = 16384
 _MAX_SIGNERS = 1 << 16
 
 
-class _Opened:
-    """Envelopes that verified and decoded, by (domain, size limit, message id): a
-    bounded (count and bytes), thread-safe memo shared by the peers of a process."""
-
-    def __init__(self, max_items: int = 16384, max_bytes: int = 128 << 20) -> None:
-        self._items: OrderedDict[tuple[bytes, int, bytes], tuple[Signed, Publication]] = (
-            OrderedDict())
-        self._max_items, self._max_bytes, self._bytes = max_items, max_bytes, 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
-
-    def get(self, key: tuple[bytes, int, bytes]) -> tuple[Signed, Publication] | None:
-        with self._lock:
-            v = self._items.get(key)
-            if v is None:
-                self.misses += 1
-            else:
-                self.hits += 1
-                self._items.move_to_end(key)
-            return v
-
-    def put(self, key: tuple[bytes, int, bytes], env: Signed, body: Publication) -> None:
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = (env, body)
-            self._bytes += len(env.body)
-            while self._items and (len(self._items) > self._max_items
-                                   or self._bytes > self._max_bytes):
-                _, (old, _) = self._items.popitem(last=False)
-                self._bytes -= len(old.body)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self._bytes = 0
-            self.hits = self.misses = 0
+def _body_bytes(entry: tuple[Signed, object]) -> int:
+    return len(entry[0].body)
 
 
-_OPENED = _Opened()
+# Envelopes that verified and decoded, by (domain, size limit, message id): a bounded
+# (count and bytes), thread-safe memo shared by the peers of a process.
+_OPENED: BoundedLru[tuple[bytes, int, bytes], tuple[Signed, Publication]] = BoundedLru(
+    16384, max_weight=128 << 20, weigh=_body_bytes)
+
+
+# Message ids by envelope object, holding the (immutable) envelope so that its identity
+# cannot be reused meanwhile; bounded by count and bytes, thread-safe.
+_MIDS: BoundedLru[int, tuple[Signed, bytes]] = BoundedLru(4096, max_weight=32 << 20,
+                                                         weigh=_body_bytes)
 
 
 def message_id(env: Signed) -> bytes:
@@ -134,35 +108,8 @@ def message_id(env: Signed) -> bytes:
     h.update(env.signature)
     h.update(env.body)
     mid = h.digest()
-    _MIDS.put(id(env), env, mid)
+    _MIDS.put(id(env), (env, mid))
     return mid
-
-
-class _Mids:
-    """Message ids by envelope object, holding the (immutable) envelope so that its
-    identity cannot be reused meanwhile; bounded by count and bytes, thread-safe."""
-
-    def __init__(self, max_items: int = 4096, max_bytes: int = 32 << 20) -> None:
-        self._items: OrderedDict[int, tuple[Signed, bytes]] = OrderedDict()
-        self._max_items, self._max_bytes, self._bytes = max_items, max_bytes, 0
-        self._lock = threading.Lock()
-
-    def get(self, key: int) -> tuple[Signed, bytes] | None:
-        return self._items.get(key)
-
-    def put(self, key: int, env: Signed, mid: bytes) -> None:
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = (env, mid)
-            self._bytes += len(env.body)
-            while self._items and (len(self._items) > self._max_items
-                                   or self._bytes > self._max_bytes):
-                _, (old, _) = self._items.popitem(last=False)
-                self._bytes -= len(old.body)
-
-
-_MIDS = _Mids()
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +280,7 @@ class Broadcast:
             body = decode_as(env.body, Publication, max_size=limit)
         except RemoteProtocolError:
             return env, None
-        _OPENED.put(key, env, body)
+        _OPENED.put(key, (env, body))
         return env, body
 
     def _validate(self, sender: PeerId, env: Signed, mid: bytes,

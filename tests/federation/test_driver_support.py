@@ -72,7 +72,8 @@ def test_decode_memo_is_bounded() -> None:
     small = DecodeMemo((SignedGroupResult,), max_items=100, max_bytes=len(payloads[0]) * 2)
     for p in payloads:
         small.decode(p)
-    assert len(small._items) <= 2 and small._bytes <= len(payloads[0]) * 2
+    assert len(small._items) <= 2 and small._items.weight <= len(payloads[0]) * 2
+    assert len(small._ids) == len(small._items)  # the identity index follows evictions
 
 
 def test_bounded_answer_fits_and_rotates_through_the_results() -> None:
