@@ -29,8 +29,8 @@ class BoundedLru(Generic[K, V]):
     """At most ``capacity`` entries (0: remembers nothing) and, with ``weigh``, at
     most ``max_weight`` in total (e.g. the bytes of the values: a memo of decoded
     messages is bounded by memory, not only by count); the least recently used leaves
-    first.  ``on_evict(key, value)`` is called, under the lock, for each entry that
-    leaves to make room (not on :meth:`clear`).  ``get`` counts ``hits`` and
+    first.  ``on_evict(key, value)`` is called, under the lock, for each value that
+    leaves to make room or is replaced by :meth:`put` (not on :meth:`clear`).  ``get`` counts ``hits`` and
     ``misses``."""
 
     def __init__(self, capacity: int, *, max_weight: int | None = None,
@@ -79,8 +79,11 @@ class BoundedLru(Generic[K, V]):
                 return
             weigh = self._weigh
             old = self._items.pop(key, None)
-            if old is not None and weigh is not None:
-                self._weight -= weigh(old)
+            if old is not None:
+                if weigh is not None:
+                    self._weight -= weigh(old)
+                if self._on_evict is not None:
+                    self._on_evict(key, old)
             self._items[key] = value
             if weigh is not None:
                 self._weight += weigh(value)

@@ -29,11 +29,11 @@ def test_weight_bound_and_eviction_callback() -> None:
     assert lru.weight == 8 and not gone
     lru.put("c", b"zzzz")  # 12 > 10: a leaves
     assert gone == [("a", b"xxxx")] and lru.weight == 8
-    lru.put("b", b"y")  # replacing re-weighs
-    assert lru.weight == 5 and len(lru) == 2
+    lru.put("b", b"y")  # replacing re-weighs, and the old value leaves
+    assert lru.weight == 5 and len(lru) == 2 and gone[-1] == ("b", b"yyyy")
     lru.put("big", b"0" * 11)  # heavier than the bound alone: nothing of it stays
     assert len(lru) == 0 and lru.weight == 0
-    assert [k for k, _ in gone] == ["a", "c", "b", "big"]
+    assert [k for k, _ in gone] == ["a", "b", "c", "b", "big"]
 
 
 def test_capacity_zero_remembers_nothing_and_resize_shrinks() -> None:

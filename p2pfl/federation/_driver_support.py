@@ -190,7 +190,7 @@ class DecodeMemo:
     def _forget(self, key: bytes, entry: tuple[object, bytes]) -> None:
         old = entry[1]
         if (o := self._ids.get(id(old))) is not None and o[0] is old:
-            del self._ids[id(old)]
+            self._ids.pop(id(old), None)
 
     def decode(self, payload: bytes) -> object:
         """:func:`p2pfl.wire.decode` of ``payload`` (the remembered object when the

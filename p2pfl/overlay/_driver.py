@@ -41,9 +41,8 @@ from __future__ import annotations
 
 import math
 import random
-import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from dataclasses import dataclass, field
 import trio
 from trio.lowlevel import ParkingLot
 
+from p2pfl._lru import BoundedLru
 from p2pfl.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.identity import Identity
 from p2pfl.transport import Link, Transport
@@ -71,50 +71,36 @@ class _Frames:
     frame by the frame's identity (see the module docstring).  Bounded, thread-safe."""
 
     def __init__(self, max_items: int = 8192, max_bytes: int = 128 << 20) -> None:
-        self._by_msg: OrderedDict[tuple[int, int], tuple[object, bytes]] = OrderedDict()
         self._by_frame: dict[int, tuple[bytes, Gossip]] = {}
-        self._max_items, self._max_bytes, self._bytes = max_items, max_bytes, 0
-        self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self._by_msg: BoundedLru[tuple[int, int], tuple[object, bytes]] = BoundedLru(
+            max_items, max_weight=max_bytes, weigh=lambda e: len(e[1]), on_evict=self._forget)
+
+    def _forget(self, key: tuple[int, int], entry: tuple[object, bytes]) -> None:
+        self._by_frame.pop(id(entry[1]), None)
 
     def encode(self, msg: object) -> bytes:
         if type(msg) is not Gossip:
             return encode(msg)
         key = (id(msg.envelope), msg.hops)
-        with self._lock:
-            e = self._by_msg.get(key)
-            if e is not None and e[0] is msg.envelope:
-                self.hits += 1
-                return e[1]
-            self.misses += 1
+        e = self._by_msg.get(key)
+        if e is not None and e[0] is msg.envelope:
+            return e[1]
         data = encode(msg)
-        with self._lock:
-            if key not in self._by_msg:
-                self._by_msg[key] = (msg.envelope, data)
-                self._by_frame[id(data)] = (data, msg)
-                self._bytes += len(data)
-            while self._by_msg and (len(self._by_msg) > self._max_items
-                                    or self._bytes > self._max_bytes):
-                _, (_, old) = self._by_msg.popitem(last=False)
-                self._by_frame.pop(id(old), None)
-                self._bytes -= len(old)
+        self._by_frame[id(data)] = (data, msg)
+        self._by_msg.put(key, (msg.envelope, data))
         return data
 
     def decode(self, data: bytes, max_size: int) -> object:
         """``decode(data, max_size=max_size)``. Raises :class:`RemoteProtocolError`."""
         if len(data) <= max_size:
-            with self._lock:
-                e = self._by_frame.get(id(data))
+            e = self._by_frame.get(id(data))
             if e is not None and e[0] is data:
                 return e[1]
         return decode(data, max_size=max_size)
 
     def clear(self) -> None:
-        with self._lock:
-            self._by_msg.clear()
-            self._by_frame.clear()
-            self._bytes = 0
-            self.hits = self.misses = 0
+        self._by_msg.clear()
+        self._by_frame.clear()
 
 
 _FRAMES = _Frames()
