@@ -9,6 +9,10 @@ held); this module only supplies the container: a capacity (the oldest entry lea
 first), hit and miss counters, and a lock, since a process may drive peers from
 several threads (:mod:`p2pfl.embed`).
 
+:class:`IdentityMemo` is the common special case: a value computed from one object,
+remembered per object *identity* (a decoded message, a standing) because hashing its
+content would cost as much as the computation.
+
 It imports nothing from p2pfl, so every layer may use it.
 """
 
@@ -21,8 +25,9 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+T = TypeVar("T")
 
-__all__ = ["BoundedLru"]
+__all__ = ["BoundedLru", "IdentityMemo"]
 
 
 class BoundedLru(Generic[K, V]):
@@ -116,3 +121,30 @@ class BoundedLru(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class IdentityMemo(Generic[T, V]):
+    """``value`` per object identity, for immutable objects the peers of a process
+    share: a :class:`BoundedLru` keyed by ``id(obj)`` whose entries hold ``obj``, so
+    that an identity cannot be reused while it is remembered.  ``weigh`` (with
+    ``max_weight``) weighs the *object*.  Values must not be None (None means a miss).
+    Only put immutable objects (or values that do not depend on what can change)."""
+
+    def __init__(self, capacity: int, *, max_weight: int | None = None,
+                 weigh: Callable[[T], int] | None = None) -> None:
+        self._lru: BoundedLru[int, tuple[T, V]] = BoundedLru(
+            capacity, max_weight=max_weight,
+            weigh=None if weigh is None else (lambda e: weigh(e[0])))
+
+    def get(self, obj: T) -> V | None:
+        e = self._lru.get(id(obj))
+        return e[1] if e is not None and e[0] is obj else None
+
+    def put(self, obj: T, value: V) -> None:
+        self._lru.put(id(obj), (obj, value))
+
+    def clear(self) -> None:
+        self._lru.clear()
+
+    def __len__(self) -> int:
+        return len(self._lru)

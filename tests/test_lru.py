@@ -51,3 +51,16 @@ def test_capacity_zero_remembers_nothing_and_resize_shrinks() -> None:
         BoundedLru(-1)
     with pytest.raises(ValueError, match="together"):
         BoundedLru(4, max_weight=3)
+
+
+def test_identity_memo_is_per_object_and_holds_it() -> None:
+    from p2pfl._lru import IdentityMemo
+
+    memo: IdentityMemo[list[int], str] = IdentityMemo(2, max_weight=5, weigh=len)
+    a, b = [1, 2], [1, 2]  # equal, distinct objects
+    memo.put(a, "a")
+    assert memo.get(a) == "a" and memo.get(b) is None
+    memo.put([1, 2, 3, 4], "big")  # weight 2 + 4 > 5: a leaves
+    assert memo.get(a) is None and len(memo) == 1
+    memo.clear()
+    assert len(memo) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Final, Protocol
+from typing import Annotated, Protocol
 
 from p2pfl._lru import BoundedLru
 from p2pfl.errors import LocalProtocolError
@@ -14,7 +14,7 @@ from p2pfl.wire import MaxLen, PeerId, Range, decode, encode, message
 from .aggregation import AggregationContext, AggregationEvent, Contribution, GroupSumReady
 from .config import Federation
 from .events import GroupResolved, Misbehaviour, Outgoing, RoundCompleted, RoundFailed
-from .messages import SignedGroupAbort, SignedGroupResult, StateRequest
+from .messages import ANSWER_MAX, SignedGroupAbort, SignedGroupResult, StateRequest
 from .schedule import RoundSchedule
 from .state import GlobalState
 from .sync import answer_state_request
@@ -40,7 +40,6 @@ __all__ = [
     "signer_of",
 ]
 
-ANSWER_MAX: Final = (1 << 20) - (16 << 10)  # an answer fits the overlay's 1 MiB direct cap
 
 
 @message(0x0510)

@@ -83,6 +83,10 @@ __all__ = [
 RESULT_DOMAIN: Final = b"p2pfl/group-result/2"
 ABORT_DOMAIN: Final = b"p2pfl/group-abort/1"
 MAX_GROUP: Final = 1 << 14
+#: The most bytes an encoded answer to a direct request (a state snapshot with results,
+#: a page of ledger records) may take: the overlay refuses direct payloads above
+#: ``OverlayConfig.max_payload`` (1 MiB); 16 KiB are left for the envelope around it.
+ANSWER_MAX: Final = (1 << 20) - (16 << 10)
 
 B32 = Annotated[bytes, MaxLen(32, exact=True)]
 Round = Annotated[int, Range(0, 2**62)]

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Final
 
-from p2pfl._lru import BoundedLru
+from p2pfl._lru import BoundedLru, IdentityMemo
 from p2pfl.wire import PeerId
 
 if TYPE_CHECKING:
@@ -256,24 +256,24 @@ def _memo_key(federation_id: bytes, round: int, beacon: bytes, raws: bytes, n: i
     return h.digest()
 
 
-_ADMITTED: BoundedLru[int, tuple[object, bytes, tuple[PeerId, ...], bytes]] = BoundedLru(8)
+_ADMITTED: IdentityMemo[Iterable[PeerId], tuple[bytes, tuple[PeerId, ...], bytes]] = IdentityMemo(8)
 
 
 def _admitted(federation: Federation,
               candidates: Iterable[PeerId]) -> tuple[tuple[PeerId, ...], bytes]:
     """The admitted candidates, sorted, and their ids concatenated.  Remembered for an
     immutable candidate collection (a tuple or frozenset, e.g. the member list every
-    peer of a process passes) by its identity, held so that it cannot be reused."""
+    peer of a process passes) by its identity."""
     frozen = type(candidates) in (tuple, frozenset)
     if frozen:
-        e = _ADMITTED.get(id(candidates))
-        if e is not None and e[0] is candidates and e[1] == federation.id:
-            return e[2], e[3]
+        e = _ADMITTED.get(candidates)
+        if e is not None and e[0] == federation.id:
+            return e[1], e[2]
     admitted = tuple(sorted({p for p in candidates if federation.membership.admits(p)},
                             key=lambda p: p.raw))
     raws = b"".join(p.raw for p in admitted)
     if frozen:
-        _ADMITTED.put(id(candidates), (candidates, federation.id, admitted, raws))
+        _ADMITTED.put(candidates, (federation.id, admitted, raws))
     return admitted, raws
 
 

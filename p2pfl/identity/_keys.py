@@ -195,8 +195,6 @@ class SignatureCache:
     def resize(self, capacity: int) -> None:
         """Keep at most ``capacity`` entries from now on (0: off). Raises ``ValueError``
         for a negative capacity."""
-        if capacity < 0:
-            raise ValueError(f"signature cache capacity must be >= 0, got {capacity}")
         self._seen.resize(capacity)
 
     def clear(self) -> None:

@@ -41,11 +41,11 @@ import dataclasses
 import hashlib
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import numpy as np
 
-from p2pfl._lru import BoundedLru
+from p2pfl._lru import BoundedLru, IdentityMemo
 from p2pfl.federation import Federation, RoundCompleted, RoundSchedule, SignedGroupAbort
 from p2pfl.federation.messages import ResultBody, digest_of
 from p2pfl.wire import PeerId
@@ -56,6 +56,8 @@ from ._params import LedgerParams
 from ._reputation import Standing
 
 __all__ = ["LedgerMemo", "Verified", "frozen", "memo"]
+
+T = TypeVar("T")
 
 
 _MAX_ENTRIES: Final = 64
@@ -101,9 +103,9 @@ class LedgerMemo:
     def __init__(self, capacity: int = _MAX_ENTRIES) -> None:
         self._built: BoundedLru[bytes, Record] = BoundedLru(capacity)
         self._verified: BoundedLru[tuple[bytes, LedgerParams, bytes, int], Verified] = BoundedLru(capacity)
-        self._digests: BoundedLru[int, tuple[ResultBody, bytes]] = BoundedLru(_MAX_DIGESTS)
-        self._hashes: BoundedLru[int, tuple[Record, bytes]] = BoundedLru(capacity)
-        self._weights: BoundedLru[int, tuple[Standing, dict[PeerId, float]]] = BoundedLru(_MAX_WEIGHTS)
+        self._digests: IdentityMemo[ResultBody, bytes] = IdentityMemo(_MAX_DIGESTS)
+        self._hashes: IdentityMemo[Record, bytes] = IdentityMemo(capacity)
+        self._weights: IdentityMemo[Standing, dict[PeerId, float]] = IdentityMemo(_MAX_WEIGHTS)
         self._initial: BoundedLru[tuple[bytes, LedgerParams], Standing] = BoundedLru(_MAX_WEIGHTS)
         self._after: BoundedLru[tuple[bytes, LedgerParams, bytes], Standing] = BoundedLru(capacity)
         self.hits = self.misses = 0
@@ -114,26 +116,39 @@ class LedgerMemo:
             lru.clear()
         self.hits = self.misses = 0
 
+    def _remembered(self, lru: BoundedLru[Any, T], key: Any, compute: Callable[[], T], *,
+                    keep: Callable[[T], bool],
+                    holds: Callable[[T], bool] = lambda v: True) -> T:
+        """``lru[key]`` when present and ``holds``, else ``compute()`` (remembered when
+        ``keep``); counts hits and misses."""
+        v = lru.get(key)
+        if v is not None and holds(v):
+            self.hits += 1
+            return v
+        self.misses += 1
+        v = compute()
+        if keep(v):
+            lru.put(key, v)
+        return v
+
     # -- digests of result bodies ----------------------------------------------------
 
     def body_digest(self, body: ResultBody) -> bytes:
         """``digest_of(body)``, computed once per immutable body object."""
-        e = self._digests.get(id(body))
-        if e is not None and e[0] is body:
-            return e[1]
-        d = digest_of(body)
-        if frozen(body):
-            self._digests.put(id(body), (body, d))
+        d = self._digests.get(body)
+        if d is None:
+            d = digest_of(body)
+            if frozen(body):
+                self._digests.put(body, d)
         return d
 
     def record_hash(self, record: Record) -> bytes:
         """``record.hash``, computed once per immutable record object."""
-        e = self._hashes.get(id(record))
-        if e is not None and e[0] is record:
-            return e[1]
-        h = record.hash
-        if frozen(record):
-            self._hashes.put(id(record), (record, h))
+        h = self._hashes.get(record)
+        if h is None:
+            h = record.hash
+            if frozen(record):
+                self._hashes.put(record, h)
         return h
 
     # -- building ----------------------------------------------------------------------
@@ -175,15 +190,7 @@ class LedgerMemo:
 
     def built(self, key: bytes, build: Callable[[], Record]) -> Record:
         """The record built for ``key`` (``build()`` on a miss; kept when frozen)."""
-        rec = self._built.get(key)
-        if rec is not None:
-            self.hits += 1
-            return rec
-        self.misses += 1
-        rec = build()
-        if frozen(rec):
-            self._built.put(key, rec)
-        return rec
+        return self._remembered(self._built, key, build, keep=frozen)
 
     # -- verifying -----------------------------------------------------------------------
 
@@ -191,16 +198,9 @@ class LedgerMemo:
                  verify: Callable[[], Verified]) -> Verified:
         """The verification of ``record`` on top of the chain with head ``head``:
         ``verify()`` on a miss (what it raises propagates and nothing is kept)."""
-        key = (federation_id, params, head, id(record))
-        v = self._verified.get(key)
-        if v is not None and v.record is record:
-            self.hits += 1
-            return v
-        self.misses += 1
-        v = verify()
-        if frozen(record):
-            self._verified.put(key, v)
-        return v
+        return self._remembered(self._verified, (federation_id, params, head, id(record)),
+                                verify, keep=lambda v: frozen(record),
+                                holds=lambda v: v.record is record)
 
     # -- standings -----------------------------------------------------------------------
 
@@ -232,11 +232,11 @@ class LedgerMemo:
         """The table ``peer -> standing.weight(peer)`` of ``standing`` (an immutable
         object), shared by every ledger holding it; filled by the callers as they
         look peers up (:meth:`Ledger.weight`)."""
-        e = self._weights.get(id(standing))
-        if e is None or e[0] is not standing:
-            e = (standing, {})
-            self._weights.put(id(standing), e)
-        return e[1]
+        table = self._weights.get(standing)
+        if table is None:
+            table = {}
+            self._weights.put(standing, table)
+        return table
 
     def statistics(self) -> dict[str, Any]:
         return {"hits": self.hits, "misses": self.misses, "built": len(self._built),

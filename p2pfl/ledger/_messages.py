@@ -40,7 +40,13 @@ from __future__ import annotations
 import enum
 from typing import Annotated, Final
 
-from p2pfl.federation.messages import Endorsement, ResultHeader, result_header, sum_hash
+from p2pfl.federation.messages import (
+    ANSWER_MAX,
+    Endorsement,
+    ResultHeader,
+    result_header,
+    sum_hash,
+)
 from p2pfl.federation.schedule import hash_parts
 from p2pfl.wire import MaxLen, PeerId, Range, encode, message
 
@@ -68,10 +74,9 @@ MAX_COHORT: Final = 1 << 16
 MAX_GROUPS: Final = 1 << 12
 MAX_EVIDENCE: Final = 256
 MAX_PAGE: Final = 256
-#: The most bytes an encoded :class:`LedgerResponse` may take: the overlay refuses
-#: direct payloads above ``OverlayConfig.max_payload`` (1 MiB); 16 KiB are left for
-#: the envelope around it (as ``p2pfl.federation._driver_support.ANSWER_MAX``).
-PAGE_MAX_BYTES: Final = (1 << 20) - (16 << 10)
+#: The most bytes an encoded :class:`LedgerResponse` may take: what one direct
+#: message carries (:data:`p2pfl.federation.messages.ANSWER_MAX`).
+PAGE_MAX_BYTES: Final = ANSWER_MAX
 
 B32 = Annotated[bytes, MaxLen(32, exact=True)]
 Round = Annotated[int, Range(0, 2**62)]

@@ -105,6 +105,7 @@ class _Frames:
 
 _FRAMES = _Frames()
 
+
 @dataclass(eq=False)
 class _LinkState:
     """One link: its send queue (a deque drained by one writer task) and bookkeeping."""

@@ -52,7 +52,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from p2pfl._lru import BoundedLru
+from p2pfl._lru import BoundedLru, IdentityMemo
 from p2pfl.errors import LocalProtocolError, RemoteProtocolError
 from p2pfl.identity import Identity, Signed, seal, verify_signature
 from p2pfl.wire import PeerId, decode_as
@@ -93,22 +93,20 @@ _OPENED: BoundedLru[tuple[bytes, int, bytes], tuple[Signed, Publication]] = Boun
     16384, max_weight=128 << 20, weigh=_body_bytes)
 
 
-# Message ids by envelope object, holding the (immutable) envelope so that its identity
-# cannot be reused meanwhile; bounded by count and bytes, thread-safe.
-_MIDS: BoundedLru[int, tuple[Signed, bytes]] = BoundedLru(4096, max_weight=32 << 20,
-                                                         weigh=_body_bytes)
+# Message ids by envelope object (immutable); bounded by count and bytes, thread-safe.
+_MIDS: IdentityMemo[Signed, bytes] = IdentityMemo(4096, max_weight=32 << 20,
+                                                  weigh=lambda env: len(env.body))
 
 
 def message_id(env: Signed) -> bytes:
     """BLAKE2b-160 of the whole envelope (computed once per envelope object)."""
-    e = _MIDS.get(id(env))
-    if e is not None and e[0] is env:
-        return e[1]
-    h = hashlib.blake2b(env.signer, digest_size=20)
-    h.update(env.signature)
-    h.update(env.body)
-    mid = h.digest()
-    _MIDS.put(id(env), (env, mid))
+    mid = _MIDS.get(env)
+    if mid is None:
+        h = hashlib.blake2b(env.signer, digest_size=20)
+        h.update(env.signature)
+        h.update(env.body)
+        mid = h.digest()
+        _MIDS.put(env, mid)
     return mid
 
 
